@@ -1,0 +1,18 @@
+//! Keel's SMTP protocol core, without I/O.
+//!
+//! Everything here takes bytes and returns bytes or decisions: the server session state machine
+//! ([`server::Session`]), mailbox address validation ([`address`]), reply formatting
+//! ([`reply`]) and the Received trace header ([`received`]). The daemon's tokio code only moves
+//! bytes between sockets and these types, so the protocol is unit-tested (at every byte split)
+//! and fuzzed without sockets. Command parsing is smtp-proto's; framing, limits and policy are
+//! ours.
+#![forbid(unsafe_code)]
+
+pub mod address;
+pub mod received;
+pub mod reply;
+pub mod server;
+
+pub use address::{Address, AddressError, Domain};
+pub use reply::{Enhanced, Reply};
+pub use server::{Next, Peer, ServerConfig, Session, Step, Transaction};
