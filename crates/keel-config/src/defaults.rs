@@ -1,0 +1,110 @@
+//! What Keel does when a key is absent.
+//!
+//! Kept in one place so the reference in the crate docs, the `Default`
+//! impls and the tests that compare them cannot drift apart.
+
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4};
+use std::time::Duration;
+
+use ipnet::IpNet;
+
+const fn minutes(n: u64) -> Duration {
+    Duration::from_secs(n * 60)
+}
+
+/// `smtp.listen`: loopback only, on an unprivileged port, so a fresh
+/// install neither needs root nor accepts mail from the network.
+pub const SMTP_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 2525));
+/// `smtp.max_message_size`: 25 MiB, a common provider limit.
+pub const MAX_MESSAGE_SIZE: u64 = 25 * 1024 * 1024;
+/// `smtp.max_recipients`: per transaction.
+pub const MAX_RECIPIENTS: usize = 1000;
+/// `smtp.relay_networks`: only the local host may relay (`127.0.0.0/8`,
+/// `::1/128`). `new_assert` checks the prefixes at compile time.
+pub const RELAY_NETWORKS: [IpNet; 2] = [
+    IpNet::new_assert(IpAddr::V4(Ipv4Addr::new(127, 0, 0, 0)), 8),
+    IpNet::new_assert(IpAddr::V6(Ipv6Addr::LOCALHOST), 128),
+];
+/// `smtp.max_connections`: concurrent inbound sessions.
+pub const MAX_CONNECTIONS: usize = 1000;
+
+/// `smtp.timeouts.command` (RFC 5321 §4.5.3.2.7, server timeout: 5 minutes).
+pub const SMTP_COMMAND_TIMEOUT: Duration = minutes(5);
+/// `smtp.timeouts.data_block` (RFC 5321 §4.5.3.2.5: 3 minutes).
+pub const SMTP_DATA_BLOCK_TIMEOUT: Duration = minutes(3);
+/// `smtp.timeouts.data_done` (RFC 5321 §4.5.3.2.6: 10 minutes).
+pub const SMTP_DATA_DONE_TIMEOUT: Duration = minutes(10);
+/// `smtp.timeouts.greeting`: the wait for the client's first command.
+pub const SMTP_GREETING_TIMEOUT: Duration = minutes(5);
+
+/// `http.listen`: loopback only; the HTTP API is not meant to face the
+/// network without a proxy in front.
+pub const HTTP_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8025));
+/// `spool.dir`, relative to the daemon's working directory.
+pub const SPOOL_DIR: &str = "keel-data/spool";
+/// `log.dir`, relative to the daemon's working directory.
+pub const LOG_DIR: &str = "keel-data/log";
+
+/// `delivery.port`: the SMTP port of MX hosts.
+pub const DELIVERY_PORT: u16 = 25;
+/// `delivery.max_connections_per_destination`.
+pub const MAX_CONNECTIONS_PER_DESTINATION: usize = 32;
+/// `delivery.max_messages_per_connection`.
+pub const MAX_MESSAGES_PER_CONNECTION: usize = 100;
+/// `delivery.connect_timeout`.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
+/// `delivery.idle_timeout`.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// `delivery.timeouts.greeting` (RFC 5321 §4.5.3.2.1: 5 minutes).
+pub const CLIENT_GREETING_TIMEOUT: Duration = minutes(5);
+/// `delivery.timeouts.ehlo` (not in the RFC; same as the other commands).
+pub const CLIENT_EHLO_TIMEOUT: Duration = minutes(5);
+/// `delivery.timeouts.mail` (RFC 5321 §4.5.3.2.2: 5 minutes).
+pub const CLIENT_MAIL_TIMEOUT: Duration = minutes(5);
+/// `delivery.timeouts.rcpt` (RFC 5321 §4.5.3.2.3: 5 minutes).
+pub const CLIENT_RCPT_TIMEOUT: Duration = minutes(5);
+/// `delivery.timeouts.data` (RFC 5321 §4.5.3.2.4: 2 minutes).
+pub const CLIENT_DATA_TIMEOUT: Duration = minutes(2);
+/// `delivery.timeouts.data_block` (RFC 5321 §4.5.3.2.5: 3 minutes).
+pub const CLIENT_DATA_BLOCK_TIMEOUT: Duration = minutes(3);
+/// `delivery.timeouts.data_done` (RFC 5321 §4.5.3.2.6: 10 minutes).
+pub const CLIENT_DATA_DONE_TIMEOUT: Duration = minutes(10);
+
+/// `retry.intervals`: doubling back-off, then hourly.
+pub const RETRY_INTERVALS: [Duration; 5] = [
+    minutes(5),
+    minutes(10),
+    minutes(20),
+    minutes(40),
+    minutes(60),
+];
+/// `retry.max_age`: give up and bounce after three days.
+pub const RETRY_MAX_AGE: Duration = Duration::from_secs(3 * 24 * 60 * 60);
+
+/// Used for `smtp.hostname` when the system's name cannot be found.
+pub const FALLBACK_HOSTNAME: &str = "localhost";
+
+/// The system's host name, for `smtp.hostname`.
+///
+/// Read from `/proc/sys/kernel/hostname` (Linux) or `/etc/hostname`, whichever
+/// gives a valid host name first; `"localhost"` otherwise. Reading files
+/// avoids `unsafe` FFI to `gethostname(2)`.
+pub fn system_hostname() -> String {
+    ["/proc/sys/kernel/hostname", "/etc/hostname"]
+        .iter()
+        .filter_map(|path| std::fs::read_to_string(path).ok())
+        .map(|text| text.trim().to_owned())
+        .find(|name| crate::addr::is_valid_hostname(name))
+        .unwrap_or_else(|| FALLBACK_HOSTNAME.to_owned())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn system_hostname_is_always_a_valid_name() {
+        assert!(crate::addr::is_valid_hostname(&system_hostname()));
+    }
+}

@@ -1,0 +1,181 @@
+//! Keel's configuration: one TOML file, loaded into checked, typed structs.
+//!
+//! ```no_run
+//! # use std::path::Path;
+//! match keel_config::Config::load(Path::new("keel.toml")) {
+//!     Ok(config) => println!("SMTP on {:?}", config.smtp.listen),
+//!     Err(errors) => eprintln!("{errors}"), // one `file:line:col: key: message` per line
+//! }
+//! ```
+//!
+//! Loading reads the file, parses the TOML, rejects unknown keys, converts
+//! every value (addresses, sizes, durations, networks) and checks it. All
+//! problems found are reported together, each with its line, column and
+//! dotted key:
+//!
+//! ```text
+//! keel.toml:12:20: smtp.max_message_size: invalid size "25XB": expected a number with an optional unit (KB, MB, GB), e.g. "25MB"
+//! keel.toml:31:1: route[1]: missing key `smarthost`: the "host:port" to deliver this domain's mail to
+//! ```
+//!
+//! Unknown keys are errors. A TOML syntax error stops parsing, so it is
+//! reported alone; everything else (unknown keys, values of the wrong TOML
+//! type, values that don't parse or are out of range, duplicate routes,
+//! clashing listen addresses) is collected and reported in one pass, sorted
+//! by position.
+//!
+//! # Reference
+//!
+//! Every key is optional. An empty file (or [`Config::default`]) gives
+//! exactly this configuration; the unit tests check that this block and the
+//! built-in defaults agree.
+//!
+//! ```toml
+//! [smtp]
+//! # Addresses to accept SMTP on: one "ip:port" string or a list of them.
+//! # IP literals only (no host names); port 0 picks a free port.
+//! listen = "127.0.0.1:2525"
+//! # Name used in the 220 greeting and the EHLO reply. Default: the system
+//! # host name (/proc/sys/kernel/hostname, else /etc/hostname, else
+//! # "localhost").
+//! # hostname = "mta.example.com"
+//! # Largest message accepted (advertised with SIZE). A size is an integer
+//! # number of bytes or a string "<n>KB", "<n>MB" or "<n>GB"; units are
+//! # binary (KB = 1024, MB = 1024 * 1024, GB = 1024^3), case-insensitive,
+//! # with KiB/MiB/GiB and K/M/G accepted as synonyms. Must be > 0.
+//! max_message_size = "25MB"
+//! # Most RCPT TO accepted per transaction. Integer >= 1.
+//! max_recipients = 1000
+//! # Clients allowed to relay (send to any domain): CIDRs or bare IPs, v4 or
+//! # v6. Host bits are ignored ("10.1.2.3/8" means 10.0.0.0/8). An IPv4-mapped
+//! # IPv6 client (::ffff:a.b.c.d) is matched as its IPv4 form. An empty list
+//! # means no client may relay.
+//! relay_networks = ["127.0.0.0/8", "::1/128"]
+//! # Most concurrent inbound sessions. Integer >= 1.
+//! max_connections = 1000
+//!
+//! # How long the server waits for the client (RFC 5321 section 4.5.3.2).
+//! # Durations are humantime strings: "30s", "5m", "1h 30m", "3d"; each > 0.
+//! # (Equivalent to `timeouts = { command = "5m", ... }` inside [smtp].)
+//! [smtp.timeouts]
+//! command = "5m"      # for each command
+//! data_block = "3m"   # for each chunk of message data
+//! data_done = "10m"   # bound on our processing after the final "."
+//! greeting = "5m"     # for the client's first command after our greeting
+//!
+//! [http]
+//! # Address of the HTTP API: one "ip:port".
+//! listen = "127.0.0.1:8025"
+//!
+//! [spool]
+//! # Directory of queued messages. A relative path is relative to the
+//! # daemon's working directory (not to this file) and is kept as written.
+//! dir = "keel-data/spool"
+//!
+//! [log]
+//! # Directory of the JSON-lines event logs. Relative paths as for spool.dir.
+//! dir = "keel-data/log"
+//!
+//! [dns]
+//! # Name servers for MX/A/AAAA lookups: "ip" (port 53) or "ip:port" /
+//! # "[ipv6]:port". Empty: use the system resolver (/etc/resolv.conf).
+//! nameservers = []
+//!
+//! [delivery]
+//! # TCP port of MX hosts (routes give their own). 1-65535.
+//! port = 25
+//! # Most simultaneous connections to one destination host. >= 1.
+//! max_connections_per_destination = 32
+//! # Most messages sent over one connection before closing it. >= 1.
+//! max_messages_per_connection = 100
+//! # Time allowed for the TCP connect. > 0.
+//! connect_timeout = "30s"
+//! # How long an idle outbound connection is kept for reuse. "0s" closes
+//! # connections as soon as their queue is empty.
+//! idle_timeout = "10s"
+//! # "opportunistic": use STARTTLS when offered, without verifying the
+//! # certificate, falling back to plain text; "disabled": never.
+//! starttls = "opportunistic"
+//!
+//! # How long we wait for the remote server (RFC 5321 section 4.5.3.2).
+//! # Each > 0.
+//! [delivery.timeouts]
+//! greeting = "5m"     # for the 220 greeting
+//! ehlo = "5m"         # for the EHLO/HELO reply (not in the RFC)
+//! mail = "5m"         # for the MAIL FROM reply
+//! rcpt = "5m"         # for each RCPT TO reply
+//! data = "2m"         # for the 354 reply to DATA
+//! data_block = "3m"   # for each chunk of data to be sent
+//! data_done = "10m"   # for the reply after the final "."
+//!
+//! # Static routes: zero or more [[route]] tables, each with both keys.
+//! # Mail for `domain` goes to `smarthost` instead of the domain's MX.
+//! #
+//! # domain: an exact domain, matched case-insensitively (stored lower case,
+//! #   trailing dot removed; subdomains are not included), or "*" for every
+//! #   domain without an exact route. Each domain may be routed only once.
+//! # smarthost: "host", "host:port" or "[ipv6]:port"; the port defaults to
+//! #   25. The host may be a name (resolved with A/AAAA at connect time, no MX
+//! #   lookup) or an IP. Postfix-style brackets around a name are accepted.
+//! #
+//! # [[route]]
+//! # domain = "example.com"
+//! # smarthost = "127.0.0.1:2526"
+//!
+//! [retry]
+//! # Wait before each retry of a temporarily failed delivery; after the
+//! # list runs out the last interval repeats. Non-empty, each > 0.
+//! intervals = ["5m", "10m", "20m", "40m", "1h"]
+//! # Bounce a message still undelivered this long after it arrived. > 0.
+//! max_age = "3d"
+//! ```
+//!
+//! # Modules
+//!
+//! * [`units`]: size and duration parsing, usable on their own for
+//!   command-line flags.
+//! * The address parsers ([`HostPort`], [`RouteDomain`],
+//!   [`parse_listen_addr`], [`parse_network`], [`parse_nameserver`]) are
+//!   exported for the same reason.
+#![forbid(unsafe_code)]
+
+mod addr;
+mod config;
+pub mod defaults;
+mod error;
+mod load;
+mod location;
+mod raw;
+pub mod units;
+mod validate;
+
+#[cfg(test)]
+mod tests;
+
+use std::path::Path;
+
+pub use addr::{
+    DEFAULT_DNS_PORT, DEFAULT_SMTP_PORT, HostPort, RouteDomain, is_valid_hostname,
+    parse_listen_addr, parse_nameserver, parse_network,
+};
+pub use config::{
+    Config, DeliveryConfig, DeliveryTimeouts, DnsConfig, HttpConfig, LogConfig, RetryConfig, Route,
+    SmtpConfig, SmtpServerTimeouts, SpoolConfig, StartTls,
+};
+pub use error::{ConfigError, ConfigErrors, InvalidValue};
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    ///
+    /// On success `source` is `Some(path)`. On failure every problem found
+    /// is returned; an unreadable file gives a single error with line 0.
+    pub fn load(path: &Path) -> Result<Self, ConfigErrors> {
+        load::load(path)
+    }
+
+    /// Parses and validates config text. `file` names it in error messages
+    /// only; `source` is left `None`.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigErrors> {
+        load::parse(text, file)
+    }
+}
