@@ -30,11 +30,11 @@ for t in /usr/sbin/smtp-source /usr/sbin/smtp-sink /usr/sbin/dnsmasq; do
 done
 
 py=${PYTHON:-python3}
-if ! "$py" -c 'import aiosmtpd, dkim' 2>/dev/null; then
-    echo "install-test-deps: pip installing aiosmtpd dkimpy"
-    "$py" -m pip install -q --disable-pip-version-check aiosmtpd==1.4.6 dkimpy==1.1.8 dnspython
+if ! "$py" -c 'import aiosmtpd, dkim, dnslib' 2>/dev/null; then
+    echo "install-test-deps: pip installing aiosmtpd dkimpy dnslib"
+    "$py" -m pip install -q --disable-pip-version-check aiosmtpd==1.4.6 dkimpy==1.1.8 dnspython dnslib==0.9.26
 fi
-"$py" -c 'import aiosmtpd, dkim' || { echo "install-test-deps: python modules missing" >&2; exit 1; }
+"$py" -c 'import aiosmtpd, dkim, dnslib' || { echo "install-test-deps: python modules missing" >&2; exit 1; }
 
 command -v cargo >/dev/null || { echo "install-test-deps: cargo not found (install Rust 1.95 with rustup)" >&2; exit 1; }
 echo "install-test-deps: ok"

@@ -1,0 +1,406 @@
+//! Delivery: one destination task (the ready queue) per destination domain, and the
+//! connection workers it runs.
+//!
+//! The destination task owns its queue of due jobs and its connection count. It starts a
+//! worker (one outbound connection) when jobs wait and fewer than
+//! `delivery.max_connections_per_destination` are open; a worker that finished a transaction
+//! asks for the next job and reuses its connection, up to `max_messages_per_connection`, then
+//! says QUIT. An idle worker waits `idle_timeout` for more work before closing.
+//!
+//! When a destination cannot be reached at all (DNS failure, every MX refusing), the worker
+//! reports it and the task fails every job it holds the same way, and for a short while fails
+//! new arrivals at once instead of opening connections that will fail: a dead destination
+//! costs one connection attempt per back-off period, not one per message.
+//!
+//! Workers report outcomes straight to the queue manager.
+
+pub mod client;
+pub mod mx;
+pub mod tls;
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::Duration;
+
+use keel_config::Config;
+use keel_spool::Spool;
+use tokio::sync::{mpsc, oneshot};
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::events::Response;
+use crate::queue::{Job, Outcome, QueueHandle, RcptResult, Status};
+use client::{ClientError, Connection, Outgoing, Timeouts};
+use mx::{ResolveError, Resolver, Target};
+
+/// What every destination and worker shares.
+pub struct Context {
+    pub cfg: Arc<Config>,
+    pub spool: Spool,
+    pub queue: QueueHandle,
+    pub resolver: Resolver,
+    pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub shutdown: CancellationToken,
+    pub tracker: TaskTracker,
+}
+
+/// Messages to a destination task.
+pub enum DestMsg {
+    /// A due job.
+    Job(Job),
+    /// A worker is free for another job on its open connection.
+    Next(oneshot::Sender<Job>),
+    /// A worker could not reach the destination at all.
+    Unreachable {
+        job: Job,
+        status: Status,
+        response: Response,
+        site: String,
+    },
+    /// A worker closed its connection.
+    WorkerExit,
+}
+
+/// Starts the destination task for `domain`; it ends when every sender is dropped.
+pub fn spawn_destination(domain: String, ctx: Arc<Context>) -> mpsc::UnboundedSender<DestMsg> {
+    let (tx, rx) = mpsc::unbounded_channel();
+    let dest = DestinationTask {
+        domain,
+        ctx: ctx.clone(),
+        rx,
+        self_tx: tx.downgrade(),
+        queue: VecDeque::new(),
+        idle: Vec::new(),
+        workers: 0,
+        dead_until: None,
+    };
+    ctx.tracker.spawn(dest.run());
+    tx
+}
+
+struct DestinationTask {
+    domain: String,
+    ctx: Arc<Context>,
+    rx: mpsc::UnboundedReceiver<DestMsg>,
+    /// Weak, so the task ends when the queue manager and all workers let go.
+    self_tx: mpsc::WeakUnboundedSender<DestMsg>,
+    queue: VecDeque<Job>,
+    /// Workers waiting for a job.
+    idle: Vec<oneshot::Sender<Job>>,
+    workers: usize,
+    /// While set, the destination is known unreachable: fail jobs at once with this.
+    dead_until: Option<(Instant, Status, Response, String)>,
+}
+
+impl DestinationTask {
+    async fn run(mut self) {
+        while let Some(msg) = self.rx.recv().await {
+            match msg {
+                DestMsg::Job(job) => self.queue.push_back(job),
+                DestMsg::Next(reply) => self.idle.push(reply),
+                DestMsg::WorkerExit => self.workers = self.workers.saturating_sub(1),
+                DestMsg::Unreachable {
+                    job,
+                    status,
+                    response,
+                    site,
+                } => {
+                    let hold = self
+                        .ctx
+                        .cfg
+                        .retry
+                        .intervals
+                        .first()
+                        .copied()
+                        .unwrap_or(Duration::from_secs(60))
+                        .min(Duration::from_secs(60));
+                    self.dead_until = Some((
+                        Instant::now() + hold,
+                        status,
+                        response.clone(),
+                        site.clone(),
+                    ));
+                    self.fail(job, status, response, site);
+                }
+            }
+            self.pump();
+        }
+    }
+
+    fn fail(&self, job: Job, status: Status, response: Response, site: String) {
+        self.ctx
+            .queue
+            .report(Outcome::all(job, status, response, site, String::new()));
+    }
+
+    /// Hands queued jobs to idle workers, or starts workers, within the connection limit.
+    fn pump(&mut self) {
+        if let Some((until, status, response, site)) = &self.dead_until {
+            if Instant::now() < *until {
+                while let Some(job) = self.queue.pop_front() {
+                    self.fail(job, *status, response.clone(), site.clone());
+                }
+                return;
+            }
+            self.dead_until = None;
+        }
+        if self.ctx.shutdown.is_cancelled() {
+            self.queue.clear();
+            self.idle.clear();
+            return;
+        }
+        let max = self.ctx.cfg.delivery.max_connections_per_destination.max(1);
+        while let Some(job) = self.queue.pop_front() {
+            let mut job = Some(job);
+            while let Some(worker) = self.idle.pop() {
+                match worker.send(job.take().expect("job present")) {
+                    Ok(()) => break,
+                    // That worker timed out meanwhile; try the next.
+                    Err(j) => job = Some(j),
+                }
+            }
+            let Some(job) = job else { continue };
+            if self.workers >= max {
+                self.queue.push_front(job);
+                break;
+            }
+            let Some(tx) = self.self_tx.upgrade() else {
+                self.queue.push_front(job);
+                break;
+            };
+            self.workers += 1;
+            let worker = Worker {
+                domain: self.domain.clone(),
+                ctx: self.ctx.clone(),
+                dest: tx,
+            };
+            self.ctx.tracker.spawn(worker.run(job));
+        }
+        self.idle.retain(|w| !w.is_closed());
+    }
+}
+
+/// One outbound connection and the jobs it carries.
+struct Worker {
+    domain: String,
+    ctx: Arc<Context>,
+    dest: mpsc::UnboundedSender<DestMsg>,
+}
+
+impl Worker {
+    async fn run(self, first: Job) {
+        let (conn, site) = match self.open().await {
+            Ok(c) => c,
+            Err((status, response, site)) => {
+                let _ = self.dest.send(DestMsg::Unreachable {
+                    job: first,
+                    status,
+                    response,
+                    site,
+                });
+                let _ = self.dest.send(DestMsg::WorkerExit);
+                return;
+            }
+        };
+        let mut conn = conn;
+        let mut job = first;
+        let mut sent = 0usize;
+        let cfg = &self.ctx.cfg.delivery;
+        loop {
+            self.deliver(&mut conn, &site, job).await;
+            sent += 1;
+            if !conn.reusable()
+                || sent >= cfg.max_messages_per_connection.max(1)
+                || self.ctx.shutdown.is_cancelled()
+            {
+                break;
+            }
+            let (tx, rx) = oneshot::channel();
+            if self.dest.send(DestMsg::Next(tx)).is_err() {
+                break;
+            }
+            tokio::select! {
+                next = rx => match next {
+                    Ok(j) => job = j,
+                    Err(_) => break,
+                },
+                _ = tokio::time::sleep(cfg.idle_timeout) => break,
+                _ = self.ctx.shutdown.cancelled() => break,
+            }
+        }
+        conn.quit().await;
+        let _ = self.dest.send(DestMsg::WorkerExit);
+    }
+
+    fn timeouts(&self) -> Timeouts {
+        let d = &self.ctx.cfg.delivery;
+        Timeouts {
+            connect: d.connect_timeout,
+            greeting: d.timeouts.greeting,
+            ehlo: d.timeouts.ehlo,
+            mail: d.timeouts.mail,
+            rcpt: d.timeouts.rcpt,
+            data: d.timeouts.data,
+            data_block: d.timeouts.data_block,
+            data_done: d.timeouts.data_done,
+        }
+    }
+
+    /// Resolves the destination and connects to the first host that greets us.
+    async fn open(&self) -> Result<(Connection, String), (Status, Response, String)> {
+        let cfg = &self.ctx.cfg;
+        let targets: Vec<Target> = match cfg.route_for(&self.domain) {
+            Some(route) => self
+                .ctx
+                .resolver
+                .host_target(&route.smarthost.host, route.smarthost.port)
+                .await
+                .map(|t| vec![t]),
+            None => {
+                self.ctx
+                    .resolver
+                    .mx_targets(&self.domain, cfg.delivery.port)
+                    .await
+            }
+        }
+        .map_err(|e| match e {
+            ResolveError::Permanent(r) => (Status::Permanent, r, String::new()),
+            ResolveError::Transient(r) => (Status::Transient, r, String::new()),
+        })?;
+
+        let timeouts = self.timeouts();
+        let mut last: Option<(Response, String)> = None;
+        for target in &targets {
+            for ip in &target.addrs {
+                let addr = std::net::SocketAddr::new(*ip, target.port);
+                let attempt = client::connect(
+                    addr,
+                    &target.host,
+                    &cfg.smtp.hostname,
+                    timeouts,
+                    self.ctx.tls.clone(),
+                )
+                .await;
+                let attempt = match attempt {
+                    // A server whose TLS is broken still gets the mail, in plain text
+                    // (opportunistic TLS must never make delivery impossible).
+                    Err(ClientError::Tls(e)) => {
+                        tracing::info!(host = %target.host, %addr, error = %e,
+                            "STARTTLS handshake failed; retrying without TLS");
+                        client::connect(addr, &target.host, &cfg.smtp.hostname, timeouts, None)
+                            .await
+                    }
+                    other => other,
+                };
+                match attempt {
+                    Ok(conn) => {
+                        tracing::debug!(host = %target.host, %addr, tls = conn.tls, "connected");
+                        return Ok((conn, target.host.clone()));
+                    }
+                    Err(e) => {
+                        tracing::debug!(host = %target.host, %addr, error = %e, "connection failed");
+                        last = Some((e.response(), target.host.clone()));
+                    }
+                }
+            }
+        }
+        let (mut response, site) = last.unwrap_or_else(|| {
+            (
+                Response {
+                    code: 0,
+                    enhanced: "4.4.1".into(),
+                    text: "no host to connect to".into(),
+                },
+                String::new(),
+            )
+        });
+        // A greeting refusal is about the connection, not the recipients: retry later, even
+        // when it was a 5xx (RFC 5321 §3.1: try the next MX, then defer).
+        if response.code >= 500 {
+            response.text = format!("{} {}", response.code, response.text);
+            response.code = 451;
+            response.enhanced = "4.4.1".into();
+        }
+        Err((Status::Transient, response, site))
+    }
+
+    async fn deliver(&self, conn: &mut Connection, site: &str, job: Job) {
+        let peer = conn.peer.to_string();
+        if Instant::now() >= job.expires_at {
+            let r = Response {
+                code: 0,
+                enhanced: "4.4.7".into(),
+                text: "message expired before a delivery attempt".into(),
+            };
+            self.ctx.queue.report(Outcome::all(
+                job,
+                Status::Expired,
+                r,
+                site.to_string(),
+                peer,
+            ));
+            return;
+        }
+        let body = match self.ctx.spool.read_body(job.id) {
+            Ok(b) => b,
+            Err(e) => {
+                tracing::error!(id = %crate::queue::format_id(job.id), error = %e,
+                    "cannot read a queued message from the spool");
+                let r = Response {
+                    code: 0,
+                    enhanced: "4.3.0".into(),
+                    text: format!("spool read failed: {e}"),
+                };
+                self.ctx.queue.report(Outcome::all(
+                    job,
+                    Status::Transient,
+                    r,
+                    site.to_string(),
+                    peer,
+                ));
+                return;
+            }
+        };
+        let msg = Outgoing {
+            sender: &job.sender,
+            rcpts: &job.addresses,
+            body: &body,
+        };
+        let results = match conn.send(&msg).await {
+            Ok(replies) => replies
+                .into_iter()
+                .map(|r| RcptResult {
+                    status: classify(&r),
+                    response: r,
+                })
+                .collect(),
+            Err(e) => {
+                let mut r = e.response();
+                r.text = format!("connection to {site} failed: {}", r.text);
+                job.rcpts
+                    .iter()
+                    .map(|_| RcptResult {
+                        status: Status::Transient,
+                        response: r.clone(),
+                    })
+                    .collect()
+            }
+        };
+        self.ctx.queue.report(Outcome {
+            job,
+            results,
+            site: site.to_string(),
+            peer,
+        });
+    }
+}
+
+/// 2xx delivered, 5xx permanent, anything else transient.
+fn classify(r: &Response) -> Status {
+    match r.code / 100 {
+        2 => Status::Delivered,
+        5 => Status::Permanent,
+        _ => Status::Transient,
+    }
+}

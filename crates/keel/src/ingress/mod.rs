@@ -1,0 +1,3 @@
+//! Ways mail enters Keel. Today: SMTP ([`smtp`]).
+
+pub mod smtp;

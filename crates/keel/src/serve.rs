@@ -1,0 +1,193 @@
+//! `keel serve`: start-up, the running daemon, and orderly shutdown.
+//!
+//! Start-up order matters for durability: the spool is opened (locked, recovered) before any
+//! listener binds, and every recovered message is handed to the queue manager before new mail
+//! is accepted. Shutdown runs the other way: listeners stop accepting, sessions finish the
+//! message they are receiving (bounded), delivery workers finish their transaction (bounded),
+//! then the spool is flushed and closed and the event log drained.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use keel_config::Config;
+use keel_spool::{Spool, SpoolOptions};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::delivery::{self, mx::Resolver};
+use crate::envelope::Envelope;
+use crate::ingress::smtp::{self, Ingress};
+use crate::queue::{self, QueueManager};
+use crate::{events, http};
+
+/// How long shutdown waits for sessions and deliveries in progress.
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub fn main(config: Option<PathBuf>) -> ExitCode {
+    init_tracing();
+    let cfg = match config {
+        Some(path) => match Config::load(&path) {
+            Ok(c) => c,
+            Err(errors) => {
+                eprintln!("{errors}");
+                return ExitCode::from(2);
+            }
+        },
+        None => Config::default(),
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("keel")
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("keel: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match runtime.block_on(run(Arc::new(cfg))) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            tracing::error!("{e:#}");
+            eprintln!("keel: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KEEL_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
+    let spool_dir = cfg.spool.dir.clone();
+    let (spool, recovered) = tokio::task::spawn_blocking(move || {
+        Spool::open(&spool_dir, SpoolOptions::default())
+    })
+    .await
+    .context("spool recovery task")?
+    .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
+
+    let (events, events_thread) = events::start_log(&cfg.log.dir)?;
+    let shutdown = CancellationToken::new();
+    let tracker = TaskTracker::new();
+
+    let (queue_handle, queue_rx) = queue::channel();
+    let resolver = Resolver::new(&cfg.dns.nameservers).context("setting up DNS resolution")?;
+    let tls = match cfg.delivery.starttls {
+        keel_config::StartTls::Opportunistic => Some(delivery::tls::opportunistic_client_config()),
+        keel_config::StartTls::Disabled => None,
+    };
+    let delivery_ctx = Arc::new(delivery::Context {
+        cfg: cfg.clone(),
+        spool: spool.clone(),
+        queue: queue_handle.clone(),
+        resolver,
+        tls,
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+    });
+    let manager = QueueManager::new(
+        cfg.clone(),
+        spool.clone(),
+        events.clone(),
+        queue_rx,
+        delivery_ctx,
+        shutdown.clone(),
+    );
+    let manager_task = tokio::spawn(manager.run());
+
+    let mut requeued = 0usize;
+    for msg in recovered {
+        match Envelope::decode(&msg.envelope) {
+            Ok(env) => {
+                queue_handle.enqueue(msg.id, env);
+                requeued += 1;
+            }
+            Err(e) => tracing::error!(id = %queue::format_id(msg.id), error = %e,
+                "a spooled message has an unreadable envelope; it is left in the spool"),
+        }
+    }
+    tracing::info!(messages = requeued, "spool recovered");
+
+    let ingress = Arc::new(Ingress {
+        cfg: cfg.clone(),
+        server: Arc::new(smtp::server_config(&cfg)),
+        spool: spool.clone(),
+        queue: queue_handle.clone(),
+        events: events.clone(),
+        shutdown: shutdown.clone(),
+        tracker: tracker.clone(),
+        connections: Arc::new(Semaphore::new(cfg.smtp.max_connections.max(1))),
+    });
+    let mut listeners = Vec::new();
+    for addr in &cfg.smtp.listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
+        tracing::info!(%addr, "SMTP listening");
+        listeners.push(tokio::spawn(smtp::serve(l, ingress.clone())));
+    }
+    let http_listener = TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
+    tracing::info!(addr = %cfg.http.listen, "HTTP listening");
+    let http_task = tokio::spawn(http::serve(http_listener, shutdown.clone()));
+
+    wait_for_signal().await;
+    tracing::info!("shutting down: no new connections; finishing messages in progress");
+    shutdown.cancel();
+    for l in listeners {
+        let _ = l.await;
+    }
+    let _ = http_task.await;
+    tracker.close();
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
+        tracing::warn!("sessions or deliveries still running after {DRAIN_TIMEOUT:?}; they will be retried after restart");
+    }
+    let _ = manager_task.await;
+    drop(ingress);
+    let spool_close = spool.clone();
+    tokio::task::spawn_blocking(move || spool_close.close())
+        .await
+        .context("spool close task")?
+        .context("closing the spool")?;
+    drop(queue_handle);
+    drop(events);
+    // The writer ends once the last sink is dropped; a session abandoned after the drain
+    // timeout may still hold one, so do not wait for it forever.
+    let join = tokio::task::spawn_blocking(move || {
+        let _ = events_thread.join();
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), join).await;
+    tracing::info!("stopped");
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = match signal(SignalKind::terminate()) {
+        Ok(s) => s,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM");
+            return std::future::pending().await;
+        }
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = tokio::signal::ctrl_c() => {},
+    }
+}

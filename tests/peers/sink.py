@@ -1,0 +1,90 @@
+#!/usr/bin/env python3
+"""A scriptable receiving MTA for Keel's integration tests, on aiosmtpd.
+
+Every accepted message is appended as one JSON line to --out (flushed at once) with its
+envelope, Message-ID and size, so tests can count deliveries exactly and find duplicates.
+
+Behaviour knobs:
+  --tempfail-first N     answer the first N DATA transactions with 451 4.3.0 (then accept)
+  --reject-rcpt SUBSTR   answer RCPT TO containing SUBSTR with 550 5.1.1
+  --tempfail-rcpt SUBSTR answer RCPT TO containing SUBSTR with 450 4.2.1
+Runs until SIGTERM/SIGINT. Listens on 127.0.0.1 only.
+"""
+import argparse
+import asyncio
+import json
+import signal
+import sys
+import email.parser
+
+from aiosmtpd.controller import Controller
+from aiosmtpd.smtp import SMTP
+
+
+class Handler:
+    def __init__(self, args):
+        self.args = args
+        self.out = open(args.out, "a", buffering=1)
+        self.transactions = 0
+
+    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
+        if self.args.reject_rcpt and self.args.reject_rcpt in address:
+            return "550 5.1.1 <%s>: Recipient address rejected: User unknown" % address
+        if self.args.tempfail_rcpt and self.args.tempfail_rcpt in address:
+            return "450 4.2.1 <%s>: Mailbox busy, try later" % address
+        envelope.rcpt_tos.append(address)
+        return "250 2.1.5 OK"
+
+    async def handle_DATA(self, server, session, envelope):
+        self.transactions += 1
+        if self.transactions <= self.args.tempfail_first:
+            return "451 4.3.0 Temporary failure, please retry"
+        data = envelope.original_content or b""
+        headers = email.parser.BytesHeaderParser().parsebytes(data)
+        rec = {
+            "mail_from": envelope.mail_from,
+            "rcpt_tos": envelope.rcpt_tos,
+            "message_id": headers.get("Message-ID") or headers.get("Message-Id"),
+            "subject": headers.get("Subject"),
+            "size": len(data),
+            "received_count": len(headers.get_all("Received") or []),
+            "peer": session.peer[0] if session.peer else None,
+            "tls": session.ssl is not None,
+        }
+        if self.args.keep_body:
+            rec["body"] = data.decode("utf-8", "replace")
+        self.out.write(json.dumps(rec) + "\n")
+        return "250 2.0.0 OK queued"
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--tempfail-first", type=int, default=0)
+    p.add_argument("--reject-rcpt", default="")
+    p.add_argument("--tempfail-rcpt", default="")
+    p.add_argument("--keep-body", action="store_true")
+    args = p.parse_args()
+
+    handler = Handler(args)
+
+    class Ctl(Controller):
+        def factory(self):
+            return SMTP(self.handler, decode_data=False, enable_SMTPUTF8=True,
+                        hostname="sink.test", data_size_limit=64 * 1024 * 1024)
+
+    ctl = Ctl(handler, hostname="127.0.0.1", port=args.port, ready_timeout=10)
+    ctl.start()
+    print("ready", flush=True)
+    loop = asyncio.new_event_loop()
+    stop = asyncio.Event()
+    for s in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(s, stop.set)
+    loop.run_until_complete(stop.wait())
+    ctl.stop()
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
