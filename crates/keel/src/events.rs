@@ -153,8 +153,8 @@ mod tests {
     #[test]
     fn formats_times() {
         let t = SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(1_795_000_000_123);
-        assert_eq!(rfc3339(t), "2026-11-18T07:06:40.123Z");
-        assert_eq!(rfc5322(t), "Wed, 18 Nov 2026 07:06:40 +0000");
+        assert_eq!(rfc3339(t), "2026-11-18T11:06:40.123Z");
+        assert_eq!(rfc5322(t), "Wed, 18 Nov 2026 11:06:40 +0000");
     }
 
     #[test]

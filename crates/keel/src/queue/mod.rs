@@ -74,7 +74,12 @@ struct Destination {
     tx: mpsc::UnboundedSender<DestMsg>,
     /// Jobs dispatched to it whose outcome has not come back yet.
     outstanding: usize,
+    /// When `outstanding` last dropped to zero.
+    idle_since: Option<Instant>,
 }
+
+/// How often idle destinations are swept.
+const SWEEP_INTERVAL: Duration = Duration::from_secs(15);
 
 /// The queue manager task's state.
 pub struct QueueManager {
@@ -123,6 +128,8 @@ impl QueueManager {
 
     /// Runs until shutdown or until every handle is dropped.
     pub async fn run(mut self) {
+        let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
+        sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self.timers.peek().map(|Reverse((t, _))| *t);
             tokio::select! {
@@ -132,6 +139,7 @@ impl QueueManager {
                     None => break,
                 },
                 _ = sleep_until(next), if next.is_some() => self.fire_timers(),
+                _ = sweep.tick() => self.sweep_destinations(),
                 _ = self.shutdown.cancelled() => break,
             }
         }
@@ -217,10 +225,12 @@ impl QueueManager {
                 .or_insert_with(|| Destination {
                     tx: delivery::spawn_destination(domain.clone(), self.delivery.clone()),
                     outstanding: 0,
+                    idle_since: None,
                 });
             match dest.tx.send(DestMsg::Job(job)) {
                 Ok(()) => {
                     dest.outstanding += 1;
+                    dest.idle_since = None;
                     return;
                 }
                 Err(mpsc::error::SendError(DestMsg::Job(j))) => {
@@ -234,6 +244,17 @@ impl QueueManager {
                 Err(_) => return,
             }
         }
+    }
+
+    /// Lets go of destinations with nothing outstanding for a while: dropping the sender ends
+    /// the task once its idle connections close, so memory does not grow with the number of
+    /// domains ever seen. A destination in use keeps its warm connections.
+    fn sweep_destinations(&mut self) {
+        let keep = self.cfg.delivery.idle_timeout.max(SWEEP_INTERVAL);
+        let now = Instant::now();
+        self.destinations.retain(|_, d| {
+            d.outstanding > 0 || d.idle_since.is_none_or(|t| now.duration_since(t) < keep)
+        });
     }
 
     fn schedule(&mut self, job: Job, delay: Duration) {
@@ -271,9 +292,7 @@ impl QueueManager {
         if dispatched && let Some(d) = self.destinations.get_mut(&job.domain) {
             d.outstanding = d.outstanding.saturating_sub(1);
             if d.outstanding == 0 {
-                // Dropping the sender lets the destination task end once its idle
-                // connections close; a later message starts a new one.
-                self.destinations.remove(&job.domain);
+                d.idle_since = Some(Instant::now());
             }
         }
         let Some(msg) = self.messages.get_mut(&job.id) else {
