@@ -65,14 +65,23 @@ def main():
     p.add_argument("--reject-rcpt", default="")
     p.add_argument("--tempfail-rcpt", default="")
     p.add_argument("--keep-body", action="store_true")
+    p.add_argument("--tls-cert", default="", help="PEM certificate: offer STARTTLS")
+    p.add_argument("--tls-key", default="")
     args = p.parse_args()
 
     handler = Handler(args)
 
+    tls_context = None
+    if args.tls_cert:
+        import ssl
+        tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls_context.load_cert_chain(args.tls_cert, args.tls_key)
+
     class Ctl(Controller):
         def factory(self):
             return SMTP(self.handler, decode_data=False, enable_SMTPUTF8=True,
-                        hostname="sink.test", data_size_limit=64 * 1024 * 1024)
+                        hostname="sink.test", data_size_limit=64 * 1024 * 1024,
+                        tls_context=tls_context)
 
     ctl = Ctl(handler, hostname="127.0.0.1", port=args.port, ready_timeout=10)
     ctl.start()

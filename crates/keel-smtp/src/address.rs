@@ -181,7 +181,10 @@ mod tests {
             Address::parse("postmaster").unwrap_err(),
             AddressError::NotQualified
         );
-        assert_eq!(Address::parse("a@").unwrap_err(), AddressError::NotQualified);
+        assert_eq!(
+            Address::parse("a@").unwrap_err(),
+            AddressError::NotQualified
+        );
         assert_eq!(
             Address::parse("a@-x.com").unwrap_err(),
             AddressError::BadDomain
@@ -194,8 +197,16 @@ mod tests {
 
     #[test]
     fn routing_chars() {
-        assert!(Address::parse("user%other@host").unwrap().has_routing_chars());
-        assert!(Address::parse("host!user@relay").unwrap().has_routing_chars());
+        assert!(
+            Address::parse("user%other@host")
+                .unwrap()
+                .has_routing_chars()
+        );
+        assert!(
+            Address::parse("host!user@relay")
+                .unwrap()
+                .has_routing_chars()
+        );
         assert!(!Address::parse("plain@host").unwrap().has_routing_chars());
     }
 }

@@ -9,6 +9,7 @@
 #![forbid(unsafe_code)]
 
 pub mod address;
+pub mod data;
 pub mod received;
 pub mod reply;
 pub mod server;

@@ -208,7 +208,10 @@ impl Session {
         reply(
             421,
             (4, 3, 2),
-            format!("{} Service shutting down, try again later", self.cfg.hostname),
+            format!(
+                "{} Service shutting down, try again later",
+                self.cfg.hostname
+            ),
         )
         .to_bytes()
     }
@@ -479,9 +482,7 @@ impl Session {
                 (2, 0, 0),
                 "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
             )),
-            Request::StartTls => {
-                self.push_error(reply(502, (5, 5, 1), "STARTTLS not available"))
-            }
+            Request::StartTls => self.push_error(reply(502, (5, 5, 1), "STARTTLS not available")),
             Request::Auth { .. } => self.push_error(reply(502, (5, 5, 1), "AUTH not available")),
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.push_error(reply(502, (5, 5, 1), "Command not implemented"))
@@ -607,15 +608,13 @@ impl Session {
     }
 
     fn bdat(&mut self, size: usize, last: bool) -> Option<Transaction> {
-        let valid = self
-            .envelope
-            .as_ref()
-            .is_some_and(|e| !e.rcpts.is_empty());
-        if let Some(e) = self.envelope.as_mut() {
-            if valid && !e.bdat {
-                e.bdat = true;
-                self.oversize = false;
-            }
+        let valid = self.envelope.as_ref().is_some_and(|e| !e.rcpts.is_empty());
+        if let Some(e) = self.envelope.as_mut()
+            && valid
+            && !e.bdat
+        {
+            e.bdat = true;
+            self.oversize = false;
         }
         self.state = State::Bdat {
             left: size,

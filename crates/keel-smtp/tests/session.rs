@@ -101,7 +101,14 @@ fn plain_transaction_with_pipelining() {
     );
     assert_eq!(
         codes(&o.output),
-        ["250", "250 2.1.0", "250 2.1.5", "354", "250 2.0.0", "221 2.0.0"]
+        [
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "250 2.0.0",
+            "221 2.0.0"
+        ]
     );
     assert!(o.output.contains("250 2.0.0 Ok: queued as Q1\r\n"));
     assert!(o.output.contains("250-PIPELINING\r\n"));
@@ -168,8 +175,15 @@ fn out_of_order_commands() {
     assert_eq!(
         codes(&o.output),
         [
-            "503 5.5.1", "250", "503 5.5.1", "503 5.5.1", "250 2.1.0", "503 5.5.1", "554 5.5.1",
-            "503 5.5.1", "221 2.0.0"
+            "503 5.5.1",
+            "250",
+            "503 5.5.1",
+            "503 5.5.1",
+            "250 2.1.0",
+            "503 5.5.1",
+            "554 5.5.1",
+            "503 5.5.1",
+            "221 2.0.0"
         ]
     );
     assert!(o.stored.is_empty());
@@ -186,9 +200,21 @@ fn syntax_errors_and_unknown_commands() {
     assert_eq!(
         codes(&o.output),
         [
-            "250", "500 5.5.1", "501 5.1.7", "501 5.5.4", "501 5.5.4", "250 2.1.0", "501 5.1.3",
-            "501 5.1.2", "501 5.1.3", "252 2.5.0", "502 5.5.1", "214 2.0.0", "250 2.0.0",
-            "250 2.0.0", "221 2.0.0"
+            "250",
+            "500 5.5.1",
+            "501 5.1.7",
+            "501 5.5.4",
+            "501 5.5.4",
+            "250 2.1.0",
+            "501 5.1.3",
+            "501 5.1.2",
+            "501 5.1.3",
+            "252 2.5.0",
+            "502 5.5.1",
+            "214 2.0.0",
+            "250 2.0.0",
+            "250 2.0.0",
+            "221 2.0.0"
         ]
     );
 }
@@ -211,15 +237,26 @@ fn long_data_line_refused() {
     input.extend(std::iter::repeat_n(b'y', 1001));
     input.extend_from_slice(b"\r\n.\r\nNOOP\r\n");
     let o = run_chunks(&[&input], true);
-    assert_eq!(codes(&o.output), ["250", "250 2.1.0", "250 2.1.5", "354", "500 5.5.2", "250 2.0.0"]);
+    assert_eq!(
+        codes(&o.output),
+        [
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "500 5.5.2",
+            "250 2.0.0"
+        ]
+    );
     assert!(o.stored.is_empty());
 }
 
 #[test]
 fn size_limits() {
-    let mut input = b"EHLO c\r\nMAIL FROM:<a@s.test> SIZE=5000\r\nMAIL FROM:<a@s.test> SIZE=100\r\n\
+    let mut input =
+        b"EHLO c\r\nMAIL FROM:<a@s.test> SIZE=5000\r\nMAIL FROM:<a@s.test> SIZE=100\r\n\
                       RCPT TO:<b@d.test>\r\nDATA\r\n"
-        .to_vec();
+            .to_vec();
     for _ in 0..50 {
         input.extend_from_slice(&[b'z'; 98]);
         input.extend_from_slice(b"\r\n");
@@ -228,7 +265,15 @@ fn size_limits() {
     let o = run(&input, true);
     assert_eq!(
         codes(&o.output),
-        ["250", "552 5.3.4", "250 2.1.0", "250 2.1.5", "354", "552 5.3.4", "221 2.0.0"]
+        [
+            "250",
+            "552 5.3.4",
+            "250 2.1.0",
+            "250 2.1.5",
+            "354",
+            "552 5.3.4",
+            "221 2.0.0"
+        ]
     );
     assert!(o.stored.is_empty());
 }
@@ -242,7 +287,16 @@ fn too_many_recipients() {
     );
     assert_eq!(
         codes(&o.output),
-        ["250", "250 2.1.0", "250 2.1.5", "250 2.1.5", "250 2.1.5", "452 4.5.3", "354", "250 2.0.0"]
+        [
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.1.5",
+            "250 2.1.5",
+            "452 4.5.3",
+            "354",
+            "250 2.0.0"
+        ]
     );
     assert_eq!(o.stored[0].rcpts.len(), 3);
 }
@@ -269,7 +323,10 @@ fn no_open_relay_for_unauthorised_clients() {
             "{rcpt} was not refused: {}",
             o.output
         );
-        assert_eq!(c[3], "554 5.5.1", "{rcpt}: DATA must fail with no recipients");
+        assert_eq!(
+            c[3], "554 5.5.1",
+            "{rcpt}: DATA must fail with no recipients"
+        );
         assert!(o.stored.is_empty());
     }
     // The relay refusal itself is 550 5.7.1.
@@ -277,7 +334,10 @@ fn no_open_relay_for_unauthorised_clients() {
         &[b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<u@elsewhere.test>\r\n"],
         false,
     );
-    assert!(o.output.contains("550 5.7.1 <u@elsewhere.test>: Relay access denied"));
+    assert!(
+        o.output
+            .contains("550 5.7.1 <u@elsewhere.test>: Relay access denied")
+    );
     // Mail for a domain Keel accepts for is taken from anyone, case- and trailing-dot-blind.
     let o = run(
         b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<u@LOCAL.test.>\r\nDATA\r\nx\r\n.\r\n",
@@ -294,7 +354,14 @@ fn bdat_chunking() {
     );
     assert_eq!(
         codes(&o.output),
-        ["250", "250 2.1.0", "250 2.1.5", "250 2.0.0", "250 2.0.0", "250 2.0.0"]
+        [
+            "250",
+            "250 2.1.0",
+            "250 2.1.5",
+            "250 2.0.0",
+            "250 2.0.0",
+            "250 2.0.0"
+        ]
     );
     assert_eq!(o.stored.len(), 1);
     // BDAT carries bytes verbatim: no dot-unstuffing, no end-of-data detection.
@@ -314,7 +381,9 @@ fn store_failure_is_reported_and_session_continues() {
         relay_allowed: true,
     };
     let mut s = Session::new(config(), peer);
-    let step = s.receive(b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<b@d.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n");
+    let step = s.receive(
+        b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<b@d.test>\r\nDATA\r\nx\r\n.\r\nNOOP\r\n",
+    );
     let Next::Store(_) = step.next else {
         panic!("expected a message to store")
     };
@@ -341,7 +410,10 @@ fn too_many_errors_closes() {
     let input = "FOO\r\n".repeat(25);
     let o = run_chunks(&[input.as_bytes()], true);
     assert!(o.closed);
-    assert!(o.output.ends_with("421 4.7.0 Too many errors, closing connection\r\n"));
+    assert!(
+        o.output
+            .ends_with("421 4.7.0 Too many errors, closing connection\r\n")
+    );
 }
 
 #[test]
@@ -356,7 +428,11 @@ fn greeting_and_timeout_replies() {
     let _ = s.receive(b"EHLO c\r\nMAIL FROM:<a@s.test>\r\nRCPT TO:<b@d.test>\r\nDATA\r\n");
     assert_eq!(s.read_timeout(), std::time::Duration::from_secs(180));
     assert!(s.in_data());
-    assert!(String::from_utf8(s.timeout()).unwrap().starts_with("421 4.4.2"));
+    assert!(
+        String::from_utf8(s.timeout())
+            .unwrap()
+            .starts_with("421 4.4.2")
+    );
 }
 
 mod properties {

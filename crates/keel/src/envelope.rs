@@ -96,7 +96,10 @@ mod tests {
         assert_eq!(Envelope::decode(&bytes).unwrap(), e);
         let mut future = bytes.clone();
         future[0] = 9;
-        assert!(matches!(Envelope::decode(&future), Err(EnvelopeError::Version(9))));
+        assert!(matches!(
+            Envelope::decode(&future),
+            Err(EnvelopeError::Version(9))
+        ));
         assert!(Envelope::decode(&[]).is_err());
         assert_eq!(e.recipients[0].domain(), "d.test");
     }

@@ -74,12 +74,11 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
 
     let spool_dir = cfg.spool.dir.clone();
-    let (spool, recovered) = tokio::task::spawn_blocking(move || {
-        Spool::open(&spool_dir, SpoolOptions::default())
-    })
-    .await
-    .context("spool recovery task")?
-    .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
+    let (spool, recovered) =
+        tokio::task::spawn_blocking(move || Spool::open(&spool_dir, SpoolOptions::default()))
+            .await
+            .context("spool recovery task")?
+            .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
 
     let (events, events_thread) = events::start_log(&cfg.log.dir)?;
     let shutdown = CancellationToken::new();
@@ -155,8 +154,13 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     }
     let _ = http_task.await;
     tracker.close();
-    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait()).await.is_err() {
-        tracing::warn!("sessions or deliveries still running after {DRAIN_TIMEOUT:?}; they will be retried after restart");
+    if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
+        .await
+        .is_err()
+    {
+        tracing::warn!(
+            "sessions or deliveries still running after {DRAIN_TIMEOUT:?}; they will be retried after restart"
+        );
     }
     let _ = manager_task.await;
     drop(ingress);

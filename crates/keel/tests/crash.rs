@@ -26,7 +26,14 @@ fn sigkill_during_accept_and_delivery_loses_nothing() {
         Command::new(python())
             .arg(peers_dir().join("inject.py"))
             .args(["--port", &keel.smtp_port.to_string()])
-            .args(["--count", &N.to_string(), "--threads", "10", "--size", "3000"])
+            .args([
+                "--count",
+                &N.to_string(),
+                "--threads",
+                "10",
+                "--size",
+                "3000",
+            ])
             .args(["--deadline", "240", "--tag", "crash"])
             .arg("--acked")
             .arg(&acked)
@@ -75,5 +82,10 @@ fn sigkill_during_accept_and_delivery_loses_nothing() {
         total - delivered.len(),
         lost.len()
     );
-    assert!(lost.is_empty(), "lost {} acknowledged messages, e.g. {:?}", lost.len(), &lost[..lost.len().min(5)]);
+    assert!(
+        lost.is_empty(),
+        "lost {} acknowledged messages, e.g. {:?}",
+        lost.len(),
+        &lost[..lost.len().min(5)]
+    );
 }

@@ -42,14 +42,27 @@ fn protocol_errors_get_specific_replies() {
     let (mut c, _) = SmtpClient::connect(keel.smtp_port);
     assert!(c.cmd("MAIL FROM:<a@src.test>").starts_with("503 5.5.1"));
     let ehlo = c.cmd("EHLO c.test");
-    for cap in ["PIPELINING", "SIZE 10240", "8BITMIME", "SMTPUTF8", "ENHANCEDSTATUSCODES", "CHUNKING"] {
+    for cap in [
+        "PIPELINING",
+        "SIZE 10240",
+        "8BITMIME",
+        "SMTPUTF8",
+        "ENHANCEDSTATUSCODES",
+        "CHUNKING",
+    ] {
         assert!(ehlo.contains(cap), "EHLO lacks {cap}: {ehlo}");
     }
     assert!(c.cmd("VRFY root").starts_with("252"));
     assert!(c.cmd("EXPN staff").starts_with("502"));
     assert!(c.cmd("BOGUS").starts_with("500 5.5.1"));
-    assert!(c.cmd(&format!("NOOP {}", "x".repeat(1200))).starts_with("500 5.5.2"));
-    assert!(c.cmd("MAIL FROM:<a@src.test> SIZE=20000").starts_with("552 5.3.4"));
+    assert!(
+        c.cmd(&format!("NOOP {}", "x".repeat(1200)))
+            .starts_with("500 5.5.2")
+    );
+    assert!(
+        c.cmd("MAIL FROM:<a@src.test> SIZE=20000")
+            .starts_with("552 5.3.4")
+    );
     assert!(c.cmd("MAIL FROM:<a@src.test>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<1@d.test>").starts_with("250"));
     assert!(c.cmd("RCPT TO:<2@d.test>").starts_with("250"));
@@ -83,7 +96,10 @@ fn idle_clients_are_disconnected() {
 #[test]
 fn healthz_answers() {
     let keel = Keel::start(&Conf::default());
-    assert!(wait_until(Duration::from_secs(10), || keel.http_get("/healthz").0 == 200));
+    assert!(wait_until(Duration::from_secs(10), || keel
+        .http_get("/healthz")
+        .0
+        == 200));
     let (status, body) = keel.http_get("/healthz");
     assert_eq!(status, 200);
     assert!(body.contains("\"ok\""), "{body}");
@@ -159,7 +175,10 @@ fn sigterm_stops_cleanly_and_restart_resumes_the_queue() {
     assert!(status.success());
     keel.wait_events("TransientFailure", 20, Duration::from_secs(20));
     let exit = keel.terminate(Duration::from_secs(20));
-    assert!(exit.is_some_and(|s| s.success()), "did not exit cleanly: {exit:?}");
+    assert!(
+        exit.is_some_and(|s| s.success()),
+        "did not exit cleanly: {exit:?}"
+    );
     let sink = PySink::start_on(dir.path(), port, &[]);
     keel.launch();
     assert_eq!(sink.wait_count(20, Duration::from_secs(30)).len(), 20);

@@ -37,7 +37,10 @@ fn smtp_source_to_smtp_sink_every_message_delivered_once() {
     // Nothing more arrives: each message was delivered exactly once.
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(sink.count(), 300);
-    let ids: HashSet<&str> = deliveries.iter().map(|e| e["id"].as_str().unwrap()).collect();
+    let ids: HashSet<&str> = deliveries
+        .iter()
+        .map(|e| e["id"].as_str().unwrap())
+        .collect();
     assert_eq!(ids.len(), 300);
     let d = &deliveries[0];
     assert_eq!(d["sender"], "sender@src.test");
@@ -46,7 +49,12 @@ fn smtp_source_to_smtp_sink_every_message_delivered_once() {
     assert_eq!(d["site"], "127.0.0.1");
     assert_eq!(d["attempt"], 1);
     assert_eq!(d["response"]["code"], 250);
-    assert!(d["peer"].as_str().unwrap().ends_with(&format!(":{}", sink.port)));
+    assert!(
+        d["peer"]
+            .as_str()
+            .unwrap()
+            .ends_with(&format!(":{}", sink.port))
+    );
     assert!(d["time"].as_str().unwrap().ends_with('Z'));
     assert!(d["size"].as_u64().unwrap() > 2000);
 }
@@ -82,7 +90,9 @@ fn message_content_arrives_byte_exact_with_a_received_header() {
     let recs = sink.wait_count(1, Duration::from_secs(20));
     assert_eq!(recs.len(), 1);
     let got = recs[0]["body"].as_str().unwrap();
-    let (received, rest) = got.split_once("\r\n\tby keel.test (Keel) with ESMTP id ").unwrap();
+    let (received, rest) = got
+        .split_once("\r\n\tby keel.test (Keel) with ESMTP id ")
+        .unwrap();
     assert!(received.starts_with("Received: from client.test ([127.0.0.1])"));
     let after = rest.split_once("\r\n").unwrap().1;
     assert!(after.starts_with("\tfor <b@dest.test>; "));
@@ -200,13 +210,18 @@ fn destination_down_then_up_delivers_everything() {
     let status = smtp_source(keel.smtp_port, 4, 40, 1000, "rcpt@down.test");
     assert!(status.success());
     let failures = keel.wait_events("TransientFailure", 40, Duration::from_secs(20));
-    assert!(failures.len() >= 40, "only {} transient failures", failures.len());
+    assert!(
+        failures.len() >= 40,
+        "only {} transient failures",
+        failures.len()
+    );
     assert!(keel.events_of("Delivery").is_empty());
     let sink = PySink::start_on(dir.path(), port, &[]);
     let recs = sink.wait_count(40, Duration::from_secs(30));
     assert_eq!(recs.len(), 40, "stderr: {}", keel.stderr());
     assert_eq!(
-        keel.wait_events("Delivery", 40, Duration::from_secs(10)).len(),
+        keel.wait_events("Delivery", 40, Duration::from_secs(10))
+            .len(),
         40
     );
 }
@@ -233,7 +248,10 @@ fn messages_expire_after_max_age() {
     assert_eq!(expired[0]["recipient"], "b@gone.test");
     assert!(expired[0]["queue_time_ms"].as_u64().unwrap() >= 3000);
     let attempts = keel.events_of("TransientFailure").len();
-    assert!(attempts >= 2, "expected retries before expiry, saw {attempts}");
+    assert!(
+        attempts >= 2,
+        "expected retries before expiry, saw {attempts}"
+    );
     // Expired messages are not tried again.
     std::thread::sleep(Duration::from_millis(1500));
     assert_eq!(keel.events_of("TransientFailure").len(), attempts);
@@ -295,4 +313,32 @@ fn mx_lookup_prefers_lower_preference_and_falls_back() {
     let broken = by_rcpt("user@broken.test");
     assert_eq!(broken[0]["type"], "TransientFailure");
     assert_eq!(sink.records().len(), 2);
+}
+
+#[test]
+fn opportunistic_starttls_is_used_when_offered() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = rcgen::generate_simple_self_signed(vec!["sink.test".to_string()]).unwrap();
+    let cert_path = dir.path().join("sink.crt");
+    let key_path = dir.path().join("sink.key");
+    std::fs::write(&cert_path, cert.cert.pem()).unwrap();
+    std::fs::write(&key_path, cert.signing_key.serialize_pem()).unwrap();
+    let sink = PySink::start(
+        dir.path(),
+        &[
+            "--tls-cert",
+            cert_path.to_str().unwrap(),
+            "--tls-key",
+            key_path.to_str().unwrap(),
+        ],
+    );
+    let keel = Keel::start(&Conf {
+        rest: route_to(sink.port),
+        ..Conf::default()
+    });
+    let status = smtp_source(keel.smtp_port, 1, 3, 500, "rcpt@tls.test");
+    assert!(status.success());
+    let recs = sink.wait_count(3, Duration::from_secs(20));
+    assert_eq!(recs.len(), 3, "stderr: {}", keel.stderr());
+    assert!(recs.iter().all(|r| r["tls"] == true), "{recs:?}");
 }

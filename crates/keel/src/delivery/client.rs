@@ -367,7 +367,8 @@ impl Connection {
         self.wbuf.extend_from_slice(mail.as_bytes());
         let mail_reply = if pipelining {
             for r in msg.rcpts {
-                self.wbuf.extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
+                self.wbuf
+                    .extend_from_slice(format!("RCPT TO:<{r}>\r\n").as_bytes());
             }
             self.wbuf.extend_from_slice(b"DATA\r\n");
             self.write_wbuf("MAIL").await?;
@@ -446,7 +447,9 @@ impl Connection {
         self.wbuf.clear();
         keel_smtp::data::stuff(msg.body, &mut self.wbuf);
         self.write_wbuf("DATA body").await?;
-        let done = self.read_reply("end of DATA", self.timeouts.data_done).await?;
+        let done = self
+            .read_reply("end of DATA", self.timeouts.data_done)
+            .await?;
         for &i in &accepted {
             rcpt_replies[i] = done.clone();
         }

@@ -34,6 +34,9 @@ use crate::queue::{Job, Outcome, QueueHandle, RcptResult, Status};
 use client::{ClientError, Connection, Outgoing, Timeouts};
 use mx::{ResolveError, Resolver, Target};
 
+/// How often a destination checks its waiting jobs for expiry.
+const EXPIRY_CHECK: Duration = Duration::from_secs(5);
+
 /// What every destination and worker shares.
 pub struct Context {
     pub cfg: Arc<Config>,
@@ -95,7 +98,19 @@ struct DestinationTask {
 
 impl DestinationTask {
     async fn run(mut self) {
-        while let Some(msg) = self.rx.recv().await {
+        // Jobs can wait here for a connection slot (a slow receiver holding every connection);
+        // their expiry is checked on this tick too, not only when a worker picks them up.
+        let mut expiry = tokio::time::interval(EXPIRY_CHECK);
+        expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            let msg = tokio::select! {
+                m = self.rx.recv() => m,
+                _ = expiry.tick(), if !self.queue.is_empty() => {
+                    self.expire_waiting();
+                    continue;
+                }
+            };
+            let Some(msg) = msg else { break };
             match msg {
                 DestMsg::Job(job) => self.queue.push_back(job),
                 DestMsg::Next(reply) => self.idle.push(reply),
@@ -125,6 +140,22 @@ impl DestinationTask {
                 }
             }
             self.pump();
+        }
+    }
+
+    /// Reports every waiting job whose message passed `max_age` as expired.
+    fn expire_waiting(&mut self) {
+        let now = Instant::now();
+        let (expired, waiting): (Vec<Job>, Vec<Job>) =
+            self.queue.drain(..).partition(|j| now >= j.expires_at);
+        self.queue = waiting.into();
+        for job in expired {
+            let r = Response {
+                code: 0,
+                enhanced: "4.4.7".into(),
+                text: "message expired while waiting for a connection".into(),
+            };
+            self.fail(job, Status::Expired, r, String::new());
         }
     }
 

@@ -11,12 +11,12 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
+use hickory_resolver::TokioResolver;
 use hickory_resolver::config::{
     ConnectionConfig, NameServerConfig, ProtocolConfig, ResolverConfig,
 };
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::proto::rr::RData;
-use hickory_resolver::TokioResolver;
 
 use crate::events::Response;
 
@@ -196,7 +196,10 @@ impl Resolver {
             Err(e) if e.is_nx_domain() => Err(permanent(
                 550,
                 "5.1.2",
-                format!("host {} does not exist (NXDOMAIN)", fqdn.trim_end_matches('.')),
+                format!(
+                    "host {} does not exist (NXDOMAIN)",
+                    fqdn.trim_end_matches('.')
+                ),
             )),
             Err(e) if e.is_no_records_found() => Ok(Vec::new()),
             Err(e) => Err(transient(format!(

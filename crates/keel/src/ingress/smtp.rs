@@ -103,7 +103,8 @@ async fn session(
         },
     );
     stream.write_all(&s.greeting()).await?;
-    let mut buf = vec![0u8; 64 * 1024];
+    // Small per-connection buffer: thousands of idle sessions must stay cheap.
+    let mut buf = vec![0u8; 16 * 1024];
     loop {
         let read = tokio::select! {
             r = tokio::time::timeout(s.read_timeout(), stream.read(&mut buf)) => r,
@@ -193,7 +194,10 @@ async fn store(ingress: &Ingress, peer: SocketAddr, tx: Transaction) -> Result<S
             sender: envelope.sender.clone(),
             recipient: r.clone(),
             size: envelope.size,
-            queue: r.rsplit_once('@').map(|(_, d)| d.to_string()).unwrap_or_default(),
+            queue: r
+                .rsplit_once('@')
+                .map(|(_, d)| d.to_string())
+                .unwrap_or_default(),
             site: String::new(),
             attempt: 0,
             response: None,

@@ -369,10 +369,10 @@ impl QueueManager {
                 RetryDecision::Expire => {
                     let mut response = expired_response();
                     if let Some(last) = last_transient {
-                        response.text = format!("{}; last error: {} {}", response.text, last.code, last.text);
+                        response.text =
+                            format!("{}; last error: {} {}", response.text, last.code, last.text);
                     }
-                    let outcome =
-                        Outcome::all(next, Status::Expired, response, site, peer);
+                    let outcome = Outcome::all(next, Status::Expired, response, site, peer);
                     self.outcome_counted(outcome, false);
                 }
             }

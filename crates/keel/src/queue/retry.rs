@@ -53,14 +53,23 @@ mod tests {
         let max = m(60 * 24);
         assert_eq!(next_delay(&iv, 1, m(0), max), RetryDecision::RetryIn(m(5)));
         assert_eq!(next_delay(&iv, 2, m(5), max), RetryDecision::RetryIn(m(10)));
-        assert_eq!(next_delay(&iv, 3, m(15), max), RetryDecision::RetryIn(m(20)));
-        assert_eq!(next_delay(&iv, 9, m(100), max), RetryDecision::RetryIn(m(20)));
+        assert_eq!(
+            next_delay(&iv, 3, m(15), max),
+            RetryDecision::RetryIn(m(20))
+        );
+        assert_eq!(
+            next_delay(&iv, 9, m(100), max),
+            RetryDecision::RetryIn(m(20))
+        );
     }
 
     #[test]
     fn expiry() {
         let iv = [m(30)];
-        assert_eq!(next_delay(&iv, 1, m(50), m(60)), RetryDecision::ExpireAt(m(10)));
+        assert_eq!(
+            next_delay(&iv, 1, m(50), m(60)),
+            RetryDecision::ExpireAt(m(10))
+        );
         assert_eq!(next_delay(&iv, 1, m(60), m(60)), RetryDecision::Expire);
         assert_eq!(next_delay(&iv, 1, m(61), m(60)), RetryDecision::Expire);
     }

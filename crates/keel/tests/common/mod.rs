@@ -381,13 +381,20 @@ pub fn is_root() -> bool {
 /// Runs Postfix's `smtp-source` to completion (bounded) and returns its exit status.
 pub fn smtp_source(port: u16, sessions: u32, messages: u32, size: u32, rcpt: &str) -> ExitStatus {
     let mut cmd = Command::new("/usr/sbin/smtp-source");
-    cmd.args(["-4", "-c", "-s", &sessions.to_string(), "-m", &messages.to_string()])
-        .args(["-l", &size.to_string(), "-f", "sender@src.test", "-t", rcpt])
-        .args(["-M", "client.src.test", "-S", "test message"])
-        .arg(format!("127.0.0.1:{port}"))
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null());
+    cmd.args([
+        "-4",
+        "-c",
+        "-s",
+        &sessions.to_string(),
+        "-m",
+        &messages.to_string(),
+    ])
+    .args(["-l", &size.to_string(), "-f", "sender@src.test", "-t", rcpt])
+    .args(["-M", "client.src.test", "-S", "test message"])
+    .arg(format!("127.0.0.1:{port}"))
+    .stdin(Stdio::null())
+    .stdout(Stdio::null())
+    .stderr(Stdio::null());
     let mut p = Proc::spawn("smtp-source", &mut cmd);
     let end = Instant::now() + Duration::from_secs(120);
     loop {
