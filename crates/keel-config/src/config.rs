@@ -111,6 +111,9 @@ pub struct DeliveryConfig {
     pub max_connections_per_destination: usize,
     /// Most messages sent over one connection before it is closed.
     pub max_messages_per_connection: usize,
+    /// Most recipients in one outbound transaction; a message with more recipients in one
+    /// domain is sent in several transactions (receivers commonly refuse past 100).
+    pub max_recipients_per_transaction: usize,
     /// Time allowed for the TCP connect.
     pub connect_timeout: Duration,
     /// How long we wait for the remote server.
@@ -244,6 +247,7 @@ impl Default for DeliveryConfig {
             port: d::DELIVERY_PORT,
             max_connections_per_destination: d::MAX_CONNECTIONS_PER_DESTINATION,
             max_messages_per_connection: d::MAX_MESSAGES_PER_CONNECTION,
+            max_recipients_per_transaction: d::MAX_RECIPIENTS_PER_TRANSACTION,
             connect_timeout: d::CONNECT_TIMEOUT,
             timeouts: DeliveryTimeouts::default(),
             idle_timeout: d::IDLE_TIMEOUT,

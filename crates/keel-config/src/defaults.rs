@@ -51,6 +51,8 @@ pub const DELIVERY_PORT: u16 = 25;
 pub const MAX_CONNECTIONS_PER_DESTINATION: usize = 32;
 /// `delivery.max_messages_per_connection`.
 pub const MAX_MESSAGES_PER_CONNECTION: usize = 100;
+/// `delivery.max_recipients_per_transaction`.
+pub const MAX_RECIPIENTS_PER_TRANSACTION: usize = 100;
 /// `delivery.connect_timeout`.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// `delivery.idle_timeout`.

@@ -88,6 +88,9 @@
 //! max_connections_per_destination = 32
 //! # Most messages sent over one connection before closing it. >= 1.
 //! max_messages_per_connection = 100
+//! # Most recipients in one outbound transaction; more recipients of one
+//! # domain are sent in several transactions. >= 1.
+//! max_recipients_per_transaction = 100
 //! # Time allowed for the TCP connect. > 0.
 //! connect_timeout = "30s"
 //! # How long an idle outbound connection is kept for reuse. "0s" closes

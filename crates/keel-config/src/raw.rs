@@ -68,6 +68,7 @@ pub(crate) struct RawDelivery {
     pub(crate) port: Option<Spanned<Int>>,
     pub(crate) max_connections_per_destination: Option<Spanned<Int>>,
     pub(crate) max_messages_per_connection: Option<Spanned<Int>>,
+    pub(crate) max_recipients_per_transaction: Option<Spanned<Int>>,
     pub(crate) connect_timeout: Option<Spanned<DurationText>>,
     pub(crate) timeouts: Option<RawDeliveryTimeouts>,
     pub(crate) idle_timeout: Option<Spanned<DurationText>>,

@@ -238,6 +238,11 @@ impl Validator<'_, '_> {
                 "delivery.max_messages_per_connection",
                 d::MAX_MESSAGES_PER_CONNECTION,
             ),
+            max_recipients_per_transaction: self.count(
+                raw.max_recipients_per_transaction.as_ref(),
+                "delivery.max_recipients_per_transaction",
+                d::MAX_RECIPIENTS_PER_TRANSACTION,
+            ),
             connect_timeout: self.duration(
                 raw.connect_timeout.as_ref(),
                 "delivery.connect_timeout",

@@ -144,6 +144,43 @@ fn multi_recipient_message_uses_one_transaction_per_domain() {
 }
 
 #[test]
+fn many_recipients_are_split_into_transactions() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = PySink::start(dir.path(), &[]);
+    let keel = Keel::start(&Conf {
+        rest: format!(
+            "[delivery]\nmax_recipients_per_transaction = 2\n\n{}",
+            route_to(sink.port)
+        ),
+        ..Conf::default()
+    });
+    let (mut c, _) = SmtpClient::connect(keel.smtp_port);
+    c.cmd("EHLO client.test");
+    c.cmd("MAIL FROM:<a@src.test>");
+    for i in 0..5 {
+        assert!(
+            c.cmd(&format!("RCPT TO:<r{i}@one.test>"))
+                .starts_with("250")
+        );
+    }
+    c.cmd("DATA");
+    c.send_raw(b"Subject: split\r\n\r\nhello\r\n.\r\n");
+    assert!(c.reply().starts_with("250"));
+    let recs = sink.wait_count(3, Duration::from_secs(20));
+    let mut sizes: Vec<usize> = recs
+        .iter()
+        .map(|r| r["rcpt_tos"].as_array().unwrap().len())
+        .collect();
+    sizes.sort();
+    assert_eq!(sizes, [1, 2, 2]);
+    assert_eq!(
+        keel.wait_events("Delivery", 5, Duration::from_secs(10))
+            .len(),
+        5
+    );
+}
+
+#[test]
 fn transient_failures_are_retried_then_delivered() {
     let dir = tempfile::tempdir().unwrap();
     let sink = PySink::start(dir.path(), &["--tempfail-first", "2"]);

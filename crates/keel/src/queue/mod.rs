@@ -166,6 +166,17 @@ impl QueueManager {
                 None => by_domain.push((d.to_string(), vec![i])),
             }
         }
+        // Receivers commonly refuse more than 100 recipients per transaction: split.
+        let chunk = self.cfg.delivery.max_recipients_per_transaction.max(1);
+        let by_domain: Vec<(String, Vec<usize>)> = by_domain
+            .into_iter()
+            .flat_map(|(domain, rcpts)| {
+                rcpts
+                    .chunks(chunk)
+                    .map(|c| (domain.clone(), c.to_vec()))
+                    .collect::<Vec<_>>()
+            })
+            .collect();
         let mut jobs = Vec::with_capacity(by_domain.len());
         for (domain, rcpts) in by_domain {
             let attempt = rcpts
