@@ -2,7 +2,7 @@
 //!
 //! Everything here takes bytes and returns bytes or decisions: the server session state machine
 //! ([`server::Session`]), mailbox address validation ([`address`]), reply formatting
-//! ([`reply`]) and the Received trace header ([`received`]). The daemon's tokio code only moves
+//! ([`reply`]), the Received trace header ([`received`]) and SASL for SMTP AUTH ([`sasl`]). The daemon's tokio code only moves
 //! bytes between sockets and these types, so the protocol is unit-tested (at every byte split)
 //! and fuzzed without sockets. Command parsing is smtp-proto's; framing, limits and policy are
 //! ours.
@@ -12,8 +12,12 @@ pub mod address;
 pub mod data;
 pub mod received;
 pub mod reply;
+pub mod sasl;
 pub mod server;
 
 pub use address::{Address, AddressError, Domain};
 pub use reply::{Enhanced, Reply};
-pub use server::{Next, Peer, ServerConfig, Session, Step, Transaction};
+pub use sasl::{Credentials, Mechanism, Password};
+pub use server::{
+    AuthOutcome, Authenticated, Next, Peer, ServerConfig, Session, Step, Transaction,
+};

@@ -17,6 +17,18 @@
 //! - the buffer of a message is capped: past `max_message_size` the rest is read and dropped
 //!   and the message refused with `552 5.3.4` at its end.
 //!
+//! TLS and authentication are decided here too, and carried out by the caller:
+//! - STARTTLS (RFC 3207) is offered when [`ServerConfig::starttls`] is set and the session is
+//!   not encrypted yet. The `220` go-ahead comes with [`Next::StartTls`]; anything the client
+//!   pipelined after the command is discarded (a man in the middle could have injected it into
+//!   the plaintext stream, CVE-2011-0411), and [`Session::tls_started`] forgets everything the
+//!   client said before the handshake (its EHLO, any transaction, any authentication).
+//! - AUTH (RFC 4954) with PLAIN and LOGIN ([`crate::sasl`]) is offered only on an encrypted
+//!   session, or in plain text to a loopback client when [`ServerConfig::auth_plaintext_loopback`]
+//!   opts in. Complete credentials come out as [`Next::Authenticate`]; the caller checks them
+//!   (and its failure rate limit) and answers with [`Session::auth_result`]. Until then pipelined
+//!   input is held, as for [`Next::Store`]. A successful AUTH lets the client relay.
+//!
 //! Cost: each call is linear in the bytes given; a message body is copied once (into the
 //! transaction buffer).
 
@@ -29,6 +41,12 @@ use smtp_proto::{Error as ProtoError, MAIL_BODY_8BITMIME, MAIL_SMTPUTF8, Request
 
 use crate::address::{Address, AddressError};
 use crate::reply::{Reply, reply};
+use crate::sasl::{self, Credentials, Exchange, MECHANISMS, Mechanism, Progress, SaslError};
+
+/// Longest line of an AUTH command or SASL response. RFC 4954 §4 lifts the command line limit
+/// for these (a PLAIN message of two long names grows by a third in base64) and recommends
+/// accepting 12288 octets.
+const SASL_LINE_MAX: usize = 12288;
 
 /// What a server session needs to know; shared by every session of a listener.
 #[derive(Debug, Clone)]
@@ -51,6 +69,13 @@ pub struct ServerConfig {
     pub data_timeout: Duration,
     /// Errors in one session before it is closed with `421 4.7.0`.
     pub max_errors: usize,
+    /// Offer STARTTLS: the caller can run a TLS handshake (it has a certificate).
+    pub starttls: bool,
+    /// Offer AUTH: the caller has users to check credentials against.
+    pub auth: bool,
+    /// Offer AUTH without TLS to clients on a loopback address (an explicit opt-in for local
+    /// submission; passwords then travel in plain text, but only inside the host).
+    pub auth_plaintext_loopback: bool,
 }
 
 impl ServerConfig {
@@ -66,6 +91,9 @@ impl ServerConfig {
             command_timeout: Duration::from_secs(300),
             data_timeout: Duration::from_secs(180),
             max_errors: 20,
+            starttls: false,
+            auth: false,
+            auth_plaintext_loopback: false,
         }
     }
 }
@@ -91,6 +119,40 @@ pub struct Transaction {
     pub body: Vec<u8>,
     pub smtputf8: bool,
     pub body_8bit: bool,
+    /// The message came over an encrypted session (STARTTLS or implicit TLS).
+    pub tls: bool,
+    /// Who the client authenticated as, if it did.
+    pub authenticated: Option<Authenticated>,
+}
+
+impl Transaction {
+    /// The Received header's `with` protocol (RFC 3848; RFC 6531 §3.7.3 for SMTPUTF8): `ESMTP`,
+    /// `ESMTPS` (TLS), `ESMTPA` (AUTH), `ESMTPSA` (both), their `UTF8SMTP` forms, or `SMTP`
+    /// after HELO.
+    pub fn protocol(&self) -> &'static str {
+        if !self.esmtp {
+            return "SMTP";
+        }
+        match (self.smtputf8, self.tls, self.authenticated.is_some()) {
+            (false, false, false) => "ESMTP",
+            (false, true, false) => "ESMTPS",
+            (false, false, true) => "ESMTPA",
+            (false, true, true) => "ESMTPSA",
+            (true, false, false) => "UTF8SMTP",
+            (true, true, false) => "UTF8SMTPS",
+            (true, false, true) => "UTF8SMTPA",
+            (true, true, true) => "UTF8SMTPSA",
+        }
+    }
+}
+
+/// A successfully authenticated client.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Authenticated {
+    /// The user name it authenticated as.
+    pub user: String,
+    /// The tenant the user's mail belongs to, if the configuration names one.
+    pub tenant: Option<String>,
 }
 
 /// What the caller must do after writing [`Step::output`].
@@ -100,8 +162,29 @@ pub enum Next {
     Read,
     /// Make this message durable, then call [`Session::stored`].
     Store(Transaction),
+    /// Run the TLS handshake (as server) on the connection, then call [`Session::tls_started`].
+    /// Do not read plaintext before the handshake: pipelined bytes belong to nobody. If the
+    /// handshake fails, close the connection.
+    StartTls,
+    /// Check these credentials (and the client's failure rate), then call
+    /// [`Session::auth_result`].
+    Authenticate(Credentials),
     /// Close the connection.
     Close,
+}
+
+/// The caller's verdict on [`Next::Authenticate`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AuthOutcome {
+    /// The credentials are right: `235 2.7.0`, and the client may relay from now on.
+    Accepted { tenant: Option<String> },
+    /// Wrong user name or password: `535 5.7.8` (the same reply for both, so user names
+    /// cannot be probed).
+    Rejected,
+    /// Too many failures from this client's address: `421 4.7.0`, then close.
+    TooManyFailures,
+    /// The check itself failed (not the credentials): `454 4.7.0`, the client may retry.
+    TemporaryFailure,
 }
 
 /// The result of feeding the session.
@@ -124,6 +207,12 @@ enum State {
         discard: bool,
     },
     AwaitStore,
+    /// The `220` to STARTTLS is out; waiting for [`Session::tls_started`].
+    AwaitTls,
+    /// Waiting for the client's response to a `334` challenge (the exchange is in `sasl`).
+    Sasl,
+    /// Waiting for [`Session::auth_result`].
+    AwaitAuth,
     Closed,
 }
 
@@ -155,6 +244,15 @@ pub struct Session {
     data_line_too_long: bool,
     oversize: bool,
     errors: usize,
+    /// The connection is encrypted.
+    tls: bool,
+    /// Whether the client's address alone allows relaying (restored when STARTTLS resets).
+    relay_by_address: bool,
+    /// The SASL exchange in progress while in [`State::Sasl`].
+    sasl: Option<Exchange>,
+    /// The user name being checked while in [`State::AwaitAuth`].
+    pending_user: Option<String>,
+    authenticated: Option<Authenticated>,
 }
 
 impl Session {
@@ -175,7 +273,81 @@ impl Session {
             data_line_too_long: false,
             oversize: false,
             errors: 0,
+            tls: false,
+            relay_by_address: peer.relay_allowed,
+            sasl: None,
+            pending_user: None,
+            authenticated: None,
         }
+    }
+
+    /// True once TLS is up (after STARTTLS, or from the start on an implicit-TLS listener).
+    pub fn is_tls(&self) -> bool {
+        self.tls
+    }
+
+    /// Who the client authenticated as, if it did.
+    pub fn authenticated(&self) -> Option<&Authenticated> {
+        self.authenticated.as_ref()
+    }
+
+    /// Reports that the TLS handshake asked for by [`Next::StartTls`] succeeded — or, on an
+    /// implicit-TLS listener, that the connection was encrypted from the start (call it before
+    /// sending the greeting).
+    ///
+    /// Resets the session as RFC 3207 §4.2 requires: the EHLO name, any transaction and any
+    /// authentication are forgotten, and input received before the handshake is dropped. The
+    /// client must send EHLO again.
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.helo = None;
+        self.envelope = None;
+        self.body = Vec::new();
+        self.authenticated = None;
+        self.peer.relay_allowed = self.relay_by_address;
+        self.sasl = None;
+        self.pending_user = None;
+        self.input.clear();
+        self.pos = 0;
+        self.discarding_line = false;
+        if self.state != State::Closed {
+            self.state = State::Command;
+        }
+    }
+
+    /// Reports the verdict on the credentials from [`Next::Authenticate`] and goes on with any
+    /// input the client pipelined behind them.
+    pub fn auth_result(&mut self, outcome: AuthOutcome) -> Step {
+        debug_assert_eq!(self.state, State::AwaitAuth);
+        let user = self.pending_user.take().unwrap_or_default();
+        if self.state == State::AwaitAuth {
+            self.state = State::Command;
+        }
+        match outcome {
+            AuthOutcome::Accepted { tenant } => {
+                self.authenticated = Some(Authenticated { user, tenant });
+                self.peer.relay_allowed = true;
+                self.push(reply(235, (2, 7, 0), "Authentication successful"));
+            }
+            AuthOutcome::Rejected => {
+                self.push_error(reply(535, (5, 7, 8), "Authentication credentials invalid"));
+            }
+            AuthOutcome::TooManyFailures => {
+                self.push(reply(
+                    421,
+                    (4, 7, 0),
+                    format!(
+                        "{} Too many authentication failures from your address, try again later",
+                        self.cfg.hostname
+                    ),
+                ));
+                self.state = State::Closed;
+            }
+            AuthOutcome::TemporaryFailure => {
+                self.push(reply(454, (4, 7, 0), "Temporary authentication failure"));
+            }
+        }
+        self.process()
     }
 
     /// The 220 greeting to send on connect.
@@ -273,27 +445,45 @@ impl Session {
         loop {
             match self.state {
                 State::Closed => return self.step(Next::Close),
-                State::AwaitStore => return self.step(Next::Read),
-                State::Command => {
-                    let avail = &self.input[self.pos..];
-                    let Some(nl) = memchr(b'\n', avail) else {
-                        if self.discarding_line || avail.len() > self.cfg.max_line_length {
-                            self.discarding_line = true;
-                            self.pos = self.input.len();
-                        }
-                        return self.step(Next::Read);
-                    };
-                    let line = avail[..=nl].to_vec();
-                    self.pos += nl + 1;
-                    if self.discarding_line || line.len() > self.cfg.max_line_length {
-                        self.discarding_line = false;
-                        self.push_error(reply(500, (5, 5, 2), "Line too long"));
-                        continue;
-                    }
-                    if let Some(tx) = self.command(&line) {
-                        return self.step(Next::Store(tx));
-                    }
+                State::AwaitStore | State::AwaitAuth => return self.step(Next::Read),
+                State::AwaitTls => {
+                    // The caller owes the handshake; plaintext now is never a command.
+                    self.pos = self.input.len();
+                    return self.step(Next::StartTls);
                 }
+                State::Command => match self.next_line() {
+                    Line::More => return self.step(Next::Read),
+                    Line::TooLong => {
+                        self.push_error(reply(500, (5, 5, 2), "Line too long"));
+                    }
+                    Line::Complete(line) => {
+                        if let Some(next) = self.command(&line) {
+                            return self.step(next);
+                        }
+                    }
+                },
+                State::Sasl => match self.next_line() {
+                    Line::More => return self.step(Next::Read),
+                    Line::TooLong => {
+                        self.sasl = None;
+                        self.state = State::Command;
+                        self.push_error(reply(
+                            500,
+                            (5, 5, 6),
+                            "Authentication exchange line is too long",
+                        ));
+                    }
+                    Line::Complete(line) => {
+                        // Always set in this state; the fallback only keeps this total.
+                        let exchange = self.sasl.take().unwrap_or(Exchange::PlainMessage);
+                        self.state = State::Command;
+                        let text = String::from_utf8_lossy(&line);
+                        let text = text.trim_end_matches(['\r', '\n']);
+                        if let Some(next) = self.sasl_progress(sasl::step(exchange, text)) {
+                            return self.step(next);
+                        }
+                    }
+                },
                 State::Data => {
                     let avail = &self.input[self.pos..];
                     if avail.is_empty() {
@@ -367,6 +557,35 @@ impl Session {
         }
     }
 
+    /// Takes the next line (LF-terminated) out of the input, or tells why there is none.
+    ///
+    /// A line longer than the limit is discarded up to its end without buffering it. The limit
+    /// is [`ServerConfig::max_line_length`], except for AUTH command lines and SASL responses
+    /// ([`SASL_LINE_MAX`]); the decision is taken only once more than `max_line_length` octets
+    /// are buffered, by which point the command name is known, so it does not depend on how
+    /// the input was split.
+    fn next_line(&mut self) -> Line {
+        let avail = &self.input[self.pos..];
+        let limit = if self.state == State::Sasl || starts_with_ignore_case(avail, b"AUTH ") {
+            SASL_LINE_MAX.max(self.cfg.max_line_length)
+        } else {
+            self.cfg.max_line_length
+        };
+        let Some(nl) = memchr(b'\n', avail) else {
+            if self.discarding_line || avail.len() > limit {
+                self.discarding_line = true;
+                self.pos = self.input.len();
+            }
+            return Line::More;
+        };
+        let line = avail[..=nl].to_vec();
+        self.pos += nl + 1;
+        if std::mem::take(&mut self.discarding_line) || line.len() > limit {
+            return Line::TooLong;
+        }
+        Line::Complete(line)
+    }
+
     /// Ends a DATA or BDAT LAST transfer: checks it and returns the transaction to store.
     fn finish_message(&mut self, data: bool) -> Option<Transaction> {
         self.state = State::Command;
@@ -412,12 +631,15 @@ impl Session {
             body,
             smtputf8: envelope.smtputf8,
             body_8bit: envelope.body_8bit,
+            tls: self.tls,
+            authenticated: self.authenticated.clone(),
         })
     }
 
-    /// Handles one command line. Returns a transaction when a zero-length `BDAT 0 LAST` ends a
-    /// message immediately.
-    fn command(&mut self, line: &[u8]) -> Option<Transaction> {
+    /// Handles one command line. Returns what the caller must do when the command needs more
+    /// than a reply: a zero-length `BDAT 0 LAST` that ends a message, STARTTLS, or complete
+    /// AUTH credentials.
+    fn command(&mut self, line: &[u8]) -> Option<Next> {
         let request = match Request::parse(&mut line.iter()) {
             Ok(r) => r,
             Err(e) => {
@@ -444,6 +666,13 @@ impl Session {
                     "ENHANCEDSTATUSCODES".into(),
                     "CHUNKING".into(),
                 ];
+                if self.starttls_offered() {
+                    lines.push("STARTTLS".into());
+                }
+                if self.auth_offered() {
+                    let names: Vec<&str> = MECHANISMS.iter().map(|m| m.name()).collect();
+                    lines.push(format!("AUTH {}", names.join(" ")));
+                }
                 lines.push("HELP".into());
                 self.push(Reply::plain(250, lines));
             }
@@ -461,7 +690,7 @@ impl Session {
             Request::Bdat {
                 chunk_size,
                 is_last,
-            } => return self.bdat(chunk_size, is_last),
+            } => return self.bdat(chunk_size, is_last).map(Next::Store),
             Request::Rset => {
                 self.envelope = None;
                 self.push(reply(250, (2, 0, 0), "Ok"));
@@ -482,13 +711,106 @@ impl Session {
                 (2, 0, 0),
                 "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT HELP VRFY",
             )),
-            Request::StartTls => self.push_error(reply(502, (5, 5, 1), "STARTTLS not available")),
-            Request::Auth { .. } => self.push_error(reply(502, (5, 5, 1), "AUTH not available")),
+            Request::StartTls => return self.starttls(),
+            Request::Auth {
+                mechanism,
+                initial_response,
+            } => return self.auth(mechanism, &initial_response),
             Request::Etrn { .. } | Request::Atrn { .. } | Request::Burl { .. } => {
                 self.push_error(reply(502, (5, 5, 1), "Command not implemented"))
             }
         }
         None
+    }
+
+    fn starttls_offered(&self) -> bool {
+        self.cfg.starttls && !self.tls
+    }
+
+    /// AUTH is offered on an encrypted session, or in plain text to a loopback client when the
+    /// configuration opts in.
+    fn auth_offered(&self) -> bool {
+        self.cfg.auth
+            && (self.tls || (self.cfg.auth_plaintext_loopback && is_loopback(self.peer.ip)))
+    }
+
+    fn starttls(&mut self) -> Option<Next> {
+        if self.tls {
+            self.push_error(reply(503, (5, 5, 1), "TLS already active"));
+            return None;
+        }
+        if !self.cfg.starttls {
+            self.push_error(reply(502, (5, 5, 1), "STARTTLS not available"));
+            return None;
+        }
+        self.push(reply(220, (2, 0, 0), "Ready to start TLS"));
+        // Whatever followed STARTTLS in the same read was sent (or injected) in plain text
+        // before the handshake: it must not be taken as commands of the encrypted session.
+        self.pos = self.input.len();
+        self.state = State::AwaitTls;
+        Some(Next::StartTls)
+    }
+
+    fn auth(&mut self, mechanism: u64, initial: &str) -> Option<Next> {
+        let refusal = if !self.cfg.auth {
+            Some(reply(502, (5, 5, 1), "AUTH not available"))
+        } else if !self.helo.as_ref().is_some_and(|(_, esmtp)| *esmtp) {
+            Some(reply(503, (5, 5, 1), "Send EHLO first"))
+        } else if !self.auth_offered() {
+            Some(reply(
+                538,
+                (5, 7, 11),
+                "Encryption required for requested authentication mechanism",
+            ))
+        } else if self.authenticated.is_some() {
+            Some(reply(503, (5, 5, 1), "Already authenticated"))
+        } else if self.envelope.is_some() {
+            Some(reply(
+                503,
+                (5, 5, 1),
+                "AUTH not permitted during a mail transaction",
+            ))
+        } else {
+            None
+        };
+        if let Some(r) = refusal {
+            self.push_error(r);
+            return None;
+        }
+        let Some(mechanism) = Mechanism::from_proto(mechanism) else {
+            self.push_error(reply(504, (5, 5, 4), "Unrecognized authentication type"));
+            return None;
+        };
+        self.sasl_progress(sasl::start(mechanism, initial))
+    }
+
+    /// Acts on one step of a SASL exchange: a challenge, complete credentials, or an error.
+    fn sasl_progress(&mut self, progress: Result<Progress, SaslError>) -> Option<Next> {
+        match progress {
+            Ok(Progress::Challenge(challenge, exchange)) => {
+                self.push(Reply::plain(334, vec![challenge.to_owned()]));
+                self.sasl = Some(exchange);
+                self.state = State::Sasl;
+                None
+            }
+            Ok(Progress::Done(credentials)) => {
+                self.pending_user = Some(credentials.username.clone());
+                self.state = State::AwaitAuth;
+                Some(Next::Authenticate(credentials))
+            }
+            Err(e) => {
+                let r = match e {
+                    SaslError::Cancelled => reply(501, (5, 0, 0), "Authentication cancelled"),
+                    SaslError::BadBase64 => reply(501, (5, 5, 2), "Invalid base64 data"),
+                    SaslError::Malformed { .. } => reply(501, (5, 5, 2), e.to_string()),
+                    SaslError::AuthzidNotPermitted => {
+                        reply(535, (5, 7, 8), "Authentication credentials invalid")
+                    }
+                };
+                self.push_error(r);
+                None
+            }
+        }
     }
 
     fn mail(&mut self, address: &str, size: usize, flags: u64) {
@@ -634,6 +956,30 @@ impl Session {
             self.push(reply(250, (2, 0, 0), "0 octets received"));
         }
         None
+    }
+}
+
+/// The outcome of looking for the next input line.
+enum Line {
+    /// No complete line yet.
+    More,
+    /// A line over the limit ended; it was discarded.
+    TooLong,
+    /// A line, LF (and CR) included.
+    Complete(Vec<u8>),
+}
+
+fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {
+    bytes.len() >= prefix.len() && bytes[..prefix.len()].eq_ignore_ascii_case(prefix)
+}
+
+/// True for 127.0.0.0/8, `::1`, and their IPv4-mapped forms (a dual-stack socket).
+fn is_loopback(ip: IpAddr) -> bool {
+    match ip {
+        IpAddr::V4(v4) => v4.is_loopback(),
+        IpAddr::V6(v6) => {
+            v6.is_loopback() || v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback())
+        }
     }
 }
 

@@ -47,6 +47,9 @@ fn run_chunks(chunks: &[&[u8]], relay: bool) -> Outcome {
                     stored.push(tx);
                     step = s.stored(Ok(format!("Q{}", stored.len())));
                 }
+                Next::StartTls | Next::Authenticate(_) => {
+                    unreachable!("TLS and AUTH are not configured in these tests")
+                }
             }
         }
     }
