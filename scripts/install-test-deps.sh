@@ -3,7 +3,8 @@
 #   - Postfix's smtp-source / smtp-sink (the real SMTP peers), swaks, via shared/bench/setup.sh
 #     when present, else directly with the same debconf answers (no system Postfix starts);
 #   - dnsmasq-base (a real DNS server for the MX-lookup tests; the -base package starts no service);
-#   - Python's aiosmtpd (a scriptable receiving MTA) and dkimpy (an independent DKIM verifier).
+#   - Python's aiosmtpd (a scriptable receiving MTA) and dkimpy (an independent DKIM verifier;
+#     PyNaCl gives it ed25519-sha256, RFC 8463).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -30,11 +31,11 @@ for t in /usr/sbin/smtp-source /usr/sbin/smtp-sink /usr/sbin/dnsmasq; do
 done
 
 py=${PYTHON:-python3}
-if ! "$py" -c 'import aiosmtpd, dkim, dnslib' 2>/dev/null; then
-    echo "install-test-deps: pip installing aiosmtpd dkimpy dnslib"
-    "$py" -m pip install -q --disable-pip-version-check aiosmtpd==1.4.6 dkimpy==1.1.8 dnspython dnslib==0.9.26
+if ! "$py" -c 'import aiosmtpd, dkim, dnslib, nacl.signing' 2>/dev/null; then
+    echo "install-test-deps: pip installing aiosmtpd dkimpy dnslib pynacl"
+    "$py" -m pip install -q --disable-pip-version-check aiosmtpd==1.4.6 dkimpy==1.1.8 dnspython dnslib==0.9.26 PyNaCl==1.6.2
 fi
-"$py" -c 'import aiosmtpd, dkim, dnslib' || { echo "install-test-deps: python modules missing" >&2; exit 1; }
+"$py" -c 'import aiosmtpd, dkim, dnslib, nacl.signing' || { echo "install-test-deps: python modules missing" >&2; exit 1; }
 
 command -v cargo >/dev/null || { echo "install-test-deps: cargo not found (install Rust 1.95 with rustup)" >&2; exit 1; }
 echo "install-test-deps: ok"

@@ -8,6 +8,8 @@ Behaviour knobs:
   --tempfail-first N     answer the first N DATA transactions with 451 4.3.0 (then accept)
   --reject-rcpt SUBSTR   answer RCPT TO containing SUBSTR with 550 5.1.1
   --tempfail-rcpt SUBSTR answer RCPT TO containing SUBSTR with 450 4.2.1
+  --delay SECONDS        wait this long before answering each DATA (keeps connections busy)
+  --stats FILE           keep {"connections": now, "max_connections": peak} up to date in FILE
 Runs until SIGTERM/SIGINT. Listens on 127.0.0.1 only.
 """
 import argparse
@@ -16,6 +18,8 @@ import json
 import signal
 import sys
 import email.parser
+import os
+import time
 
 from aiosmtpd.controller import Controller
 from aiosmtpd.smtp import SMTP
@@ -36,6 +40,8 @@ class Handler:
         return "250 2.1.5 OK"
 
     async def handle_DATA(self, server, session, envelope):
+        if self.args.delay:
+            await asyncio.sleep(self.args.delay)
         self.transactions += 1
         if self.transactions <= self.args.tempfail_first:
             return "451 4.3.0 Temporary failure, please retry"
@@ -50,6 +56,7 @@ class Handler:
             "received_count": len(headers.get_all("Received") or []),
             "peer": session.peer[0] if session.peer else None,
             "tls": session.ssl is not None,
+            "time": time.time(),
         }
         if self.args.keep_body:
             rec["body"] = data.decode("utf-8", "replace")
@@ -65,6 +72,8 @@ def main():
     p.add_argument("--reject-rcpt", default="")
     p.add_argument("--tempfail-rcpt", default="")
     p.add_argument("--keep-body", action="store_true")
+    p.add_argument("--delay", type=float, default=0)
+    p.add_argument("--stats", default="")
     p.add_argument("--tls-cert", default="", help="PEM certificate: offer STARTTLS")
     p.add_argument("--tls-key", default="")
     args = p.parse_args()
@@ -77,9 +86,31 @@ def main():
         tls_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         tls_context.load_cert_chain(args.tls_cert, args.tls_key)
 
+    conns = {"now": 0, "max": 0}
+
+    def write_stats():
+        if not args.stats:
+            return
+        tmp = args.stats + ".tmp"
+        with open(tmp, "w") as f:
+            json.dump({"connections": conns["now"], "max_connections": conns["max"]}, f)
+        os.replace(tmp, args.stats)
+
+    class CountingSMTP(SMTP):
+        def connection_made(self, transport):
+            conns["now"] += 1
+            conns["max"] = max(conns["max"], conns["now"])
+            write_stats()
+            super().connection_made(transport)
+
+        def connection_lost(self, exc):
+            conns["now"] -= 1
+            write_stats()
+            super().connection_lost(exc)
+
     class Ctl(Controller):
         def factory(self):
-            return SMTP(self.handler, decode_data=False, enable_SMTPUTF8=True,
+            return CountingSMTP(self.handler, decode_data=False, enable_SMTPUTF8=True,
                         hostname="sink.test", data_size_limit=64 * 1024 * 1024,
                         tls_context=tls_context)
 

@@ -12,6 +12,8 @@ use ipnet::IpNet;
 
 use crate::addr::{HostPort, RouteDomain};
 use crate::defaults as d;
+use crate::shaping::{EgressConfig, ShapingConfig};
+use crate::smtp_auth::{SmtpUser, TlsFiles};
 
 /// The whole configuration. See the crate docs for every key.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -32,6 +34,10 @@ pub struct Config {
     pub routes: Vec<Route>,
     /// `[retry]`: the schedule for temporarily failed deliveries.
     pub retry: RetryConfig,
+    /// `[shaping]`: per-site delivery limits.
+    pub shaping: ShapingConfig,
+    /// `[egress]`: source addresses and pools for outbound connections.
+    pub egress: EgressConfig,
     /// The file this came from; `None` for the embedded defaults or text
     /// given to [`Config::parse`].
     pub source: Option<PathBuf>,
@@ -52,8 +58,23 @@ pub struct SmtpConfig {
     pub relay_networks: Vec<IpNet>,
     /// Most concurrent inbound sessions.
     pub max_connections: usize,
+    /// Most concurrent inbound sessions from one client address (an IPv6 client is counted
+    /// by its /64, which is what one customer usually gets).
+    pub max_connections_per_ip: usize,
     /// How long the server waits for the client.
     pub timeouts: SmtpServerTimeouts,
+    /// Certificate and key for STARTTLS and `tls_listen`; `None`: no TLS on ingress.
+    pub tls: Option<TlsFiles>,
+    /// Addresses for implicit TLS (TLS from the first byte, the "port 465" style); empty
+    /// unless `tls` is set.
+    pub tls_listen: Vec<SocketAddr>,
+    /// Clients that may authenticate (SMTP AUTH); empty: AUTH is not offered.
+    pub users: Vec<SmtpUser>,
+    /// Offer AUTH without TLS to clients on loopback (explicit opt-in).
+    pub auth_plaintext_loopback: bool,
+    /// Failed AUTH attempts from one client address within five minutes after which its
+    /// connections are closed (`421 4.7.0`) until the window has passed.
+    pub max_auth_failures: usize,
 }
 
 /// `smtp.timeouts`: how long the server waits for a client (RFC 5321
@@ -76,6 +97,9 @@ pub struct SmtpServerTimeouts {
 pub struct HttpConfig {
     /// Address the API listens on.
     pub listen: SocketAddr,
+    /// Bearer tokens accepted by the admin API; empty: the admin API answers 401 to everyone
+    /// except clients on loopback (so a fresh install can be driven from the same host).
+    pub api_tokens: Vec<String>,
 }
 
 /// `[spool]`: where queued messages live.
@@ -186,6 +210,8 @@ impl Default for Config {
             delivery: DeliveryConfig::default(),
             routes: Vec::new(),
             retry: RetryConfig::default(),
+            shaping: ShapingConfig::from_delivery(&DeliveryConfig::default()),
+            egress: EgressConfig::default(),
             source: None,
         }
     }
@@ -201,7 +227,13 @@ impl Default for SmtpConfig {
             max_recipients: d::MAX_RECIPIENTS,
             relay_networks: d::RELAY_NETWORKS.to_vec(),
             max_connections: d::MAX_CONNECTIONS,
+            max_connections_per_ip: d::MAX_CONNECTIONS_PER_IP,
             timeouts: SmtpServerTimeouts::default(),
+            tls: None,
+            tls_listen: Vec::new(),
+            users: Vec::new(),
+            auth_plaintext_loopback: false,
+            max_auth_failures: d::MAX_AUTH_FAILURES,
         }
     }
 }
@@ -221,6 +253,7 @@ impl Default for HttpConfig {
     fn default() -> Self {
         Self {
             listen: d::HTTP_LISTEN,
+            api_tokens: Vec::new(),
         }
     }
 }

@@ -27,6 +27,15 @@ pub const RELAY_NETWORKS: [IpNet; 2] = [
 ];
 /// `smtp.max_connections`: concurrent inbound sessions.
 pub const MAX_CONNECTIONS: usize = 1000;
+/// `smtp.max_connections_per_ip`: enough for a busy submission client's connection pool,
+/// few enough that one host cannot take every session slot.
+pub const MAX_CONNECTIONS_PER_IP: usize = 50;
+/// `smtp.max_auth_failures`: failed AUTH attempts per client address in
+/// [`AUTH_FAILURE_WINDOW`] before it is cut off; slows password guessing to a crawl while a
+/// person mistyping a password a few times is not locked out.
+pub const MAX_AUTH_FAILURES: usize = 5;
+/// The window `smtp.max_auth_failures` counts in.
+pub const AUTH_FAILURE_WINDOW: Duration = minutes(5);
 
 /// `smtp.timeouts.command` (RFC 5321 §4.5.3.2.7, server timeout: 5 minutes).
 pub const SMTP_COMMAND_TIMEOUT: Duration = minutes(5);

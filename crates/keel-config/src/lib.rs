@@ -51,8 +51,36 @@
 //! # IPv6 client (::ffff:a.b.c.d) is matched as its IPv4 form. An empty list
 //! # means no client may relay.
 //! relay_networks = ["127.0.0.0/8", "::1/128"]
-//! # Most concurrent inbound sessions. Integer >= 1.
+//! # Most concurrent inbound sessions. Integer >= 1. Past it: 421 4.3.2.
 //! max_connections = 1000
+//! # Most concurrent sessions from one client address (IPv6: one /64).
+//! # Integer >= 1. Past it: 421 4.7.0.
+//! max_connections_per_ip = 50
+//!
+//! # TLS: a PEM certificate chain (leaf first) and its PEM private key,
+//! # both or neither; each file must exist and hold PEM of its kind. Paths
+//! # as for spool.dir. With them, STARTTLS (RFC 3207) is offered.
+//! # tls_cert = "/etc/keel/tls/cert.pem"
+//! # tls_key = "/etc/keel/tls/key.pem"
+//! # Extra listeners speaking TLS from the first byte ("port 465", RFC
+//! # 8314); needs tls_cert/tls_key. Same form as `listen`, may be empty.
+//! tls_listen = []
+//!
+//! # SMTP AUTH (PLAIN, LOGIN) is offered when users are configured, and only
+//! # on an encrypted session -- unless this is true, which also offers it in
+//! # plain text to clients connecting over loopback (local submission).
+//! auth_plaintext_loopback = false
+//! # Failed AUTH attempts from one client address (IPv6: one /64) in five
+//! # minutes after which further AUTH is refused with 421 4.7.0 and the
+//! # connection closed, until the window passes. Integer >= 1.
+//! max_auth_failures = 5
+//! # Users, zero or more, names unique. An authenticated client may relay.
+//! # password_hash: an argon2 PHC string; `keel passwd` reads a password on
+//! # stdin and prints one. tenant (optional): whom this user's mail is for.
+//! # [[smtp.user]]
+//! # name = "campaigns"
+//! # password_hash = "$argon2id$v=19$m=19456,t=2,p=1$...$..."
+//! # tenant = "acme"
 //!
 //! # How long the server waits for the client (RFC 5321 section 4.5.3.2).
 //! # Durations are humantime strings: "30s", "5m", "1h 30m", "3d"; each > 0.
@@ -66,6 +94,9 @@
 //! [http]
 //! # Address of the HTTP API: one "ip:port".
 //! listen = "127.0.0.1:8025"
+//! # Bearer tokens for the admin API (`Authorization: Bearer <token>`), each at
+//! # least 16 characters. Empty: only clients on loopback may use it.
+//! api_tokens = []
 //!
 //! [spool]
 //! # Directory of queued messages. A relative path is relative to the
@@ -131,6 +162,40 @@
 //! intervals = ["5m", "10m", "20m", "40m", "1h"]
 //! # Bounce a message still undelivered this long after it arrived. > 0.
 //! max_age = "3d"
+//!
+//! # Traffic shaping, per (egress source, site); a site is a destination's MX
+//! # host set. Rates: "<n>/s", "<n>/min", "<n>/h", "<n>/day" or "none".
+//! [shaping.default]
+//! # These two default to delivery.max_connections_per_destination and
+//! # delivery.max_messages_per_connection.
+//! max_connections = 32
+//! max_messages_per_connection = 100
+//! max_message_rate = "none"
+//! max_connection_rate = "none"
+//!
+//! # Rules override the defaults for matching sites, in file order (later
+//! # wins). Each needs exactly one of `domain` (recipient domain) or
+//! # `mx_suffix` (any MX host name of the site ends with it), plus any of the
+//! # four limit keys above.
+//! # [[shaping.rule]]
+//! # mx_suffix = ".google.com"
+//! # max_connections = 10
+//! # max_message_rate = "3000/h"
+//!
+//! # Egress sources: the local address and EHLO name outbound connections use.
+//! # Without any, one implicit source "default" (no bind, EHLO smtp.hostname).
+//! # [[egress.source]]
+//! # name = "ip1"
+//! # bind = "192.0.2.10"
+//! # ehlo = "mta1.example.com"
+//! # warmup = ["1000/day", "5000/day"]   # daily caps for the first days of use
+//!
+//! # Pools spread mail over sources by weight; messages use the pool named in
+//! # their X-Keel-Pool header, else "default" (implicitly: every source,
+//! # weight 1).
+//! # [[egress.pool]]
+//! # name = "default"
+//! # sources = [{ name = "ip1", weight = 2 }]
 //! ```
 //!
 //! # Modules
@@ -149,6 +214,8 @@ mod error;
 mod load;
 mod location;
 mod raw;
+mod shaping;
+mod smtp_auth;
 pub mod units;
 mod validate;
 
@@ -166,6 +233,12 @@ pub use config::{
     SmtpConfig, SmtpServerTimeouts, SpoolConfig, StartTls,
 };
 pub use error::{ConfigError, ConfigErrors, InvalidValue};
+pub use shaping::{
+    DEFAULT_EGRESS, EgressConfig, EgressPool, EgressSource, Limits, ShapingConfig, ShapingRule,
+    SiteMatch,
+};
+pub use smtp_auth::{SmtpUser, TlsFiles, check_password_hash};
+pub use units::Rate;
 
 impl Config {
     /// Reads, parses and validates the config file at `path`.

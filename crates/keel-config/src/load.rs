@@ -20,7 +20,7 @@ use crate::raw::{RawConfig, RawRoute, RawRouteEntry};
 use crate::validate::validate;
 
 /// The top-level tables, in the order the docs list them.
-const SECTIONS: &str = "smtp, http, spool, log, dns, delivery, route, retry";
+const SECTIONS: &str = "smtp, http, spool, log, dns, delivery, route, retry, shaping, egress";
 
 /// Reads, parses and validates the file at `path`.
 pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -89,6 +89,8 @@ fn split_sections(
             "dns" => raw.dns = section(value, index, reporter),
             "delivery" => raw.delivery = section(value, index, reporter),
             "retry" => raw.retry = section(value, index, reporter),
+            "shaping" => raw.shaping = section(value, index, reporter),
+            "egress" => raw.egress = section(value, index, reporter),
             "route" => raw.routes = routes(value, index, reporter),
             _ => {
                 let what = if value.get_ref().is_table() {

@@ -27,7 +27,15 @@ pub(crate) struct RawSmtp {
     pub(crate) max_recipients: Option<Spanned<Int>>,
     pub(crate) relay_networks: Option<Spanned<OneOrMany>>,
     pub(crate) max_connections: Option<Spanned<Int>>,
+    pub(crate) max_connections_per_ip: Option<Spanned<Int>>,
     pub(crate) timeouts: Option<RawSmtpTimeouts>,
+    pub(crate) tls_cert: Option<Spanned<String>>,
+    pub(crate) tls_key: Option<Spanned<String>>,
+    pub(crate) tls_listen: Option<Spanned<OneOrMany>>,
+    pub(crate) auth_plaintext_loopback: Option<Spanned<bool>>,
+    pub(crate) max_auth_failures: Option<Spanned<Int>>,
+    /// `[[smtp.user]]`, each with the span of its table.
+    pub(crate) user: Option<Vec<Spanned<crate::smtp_auth::RawUser>>>,
 }
 
 /// `smtp.timeouts`.
@@ -45,6 +53,7 @@ pub(crate) struct RawSmtpTimeouts {
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(crate) struct RawHttp {
     pub(crate) listen: Option<Spanned<String>>,
+    pub(crate) api_tokens: Option<Vec<Spanned<String>>>,
 }
 
 /// `[spool]` and `[log]`: both are just a directory.
@@ -120,6 +129,8 @@ pub(crate) struct RawConfig {
     /// `[[route]]` header (for "missing key" errors).
     pub(crate) routes: Vec<RawRouteEntry>,
     pub(crate) retry: RawRetry,
+    pub(crate) shaping: crate::shaping::RawShaping,
+    pub(crate) egress: crate::shaping::RawEgress,
 }
 
 /// A `[[route]]` table with where it is.

@@ -254,7 +254,7 @@ fn unknown_top_level_table_and_key() {
     assert_eq!((line, column, key.as_str()), (2, 2, "smtpd"));
     assert_eq!(
         message,
-        "unknown table [smtpd]; the top-level tables are: smtp, http, spool, log, dns, delivery, route, retry"
+        "unknown table [smtpd]; the top-level tables are: smtp, http, spool, log, dns, delivery, route, retry, shaping, egress"
     );
     let (line, column, key, message) = only_error("listen = \"127.0.0.1:25\"\n");
     assert_eq!((line, column, key.as_str()), (1, 1, "listen"));

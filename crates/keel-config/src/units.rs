@@ -100,3 +100,85 @@ mod tests {
         assert!(parse_duration("").is_err());
     }
 }
+
+/// A rate as people write it: `"2000/h"`, `"50/s"`, `"10/min"`, `"1000/day"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Rate {
+    /// How many...
+    pub count: u32,
+    /// ...per this long.
+    pub per: Duration,
+}
+
+impl Rate {
+    /// The spacing between events at this rate.
+    pub fn interval(&self) -> Duration {
+        self.per / self.count.max(1)
+    }
+}
+
+impl std::fmt::Display for Rate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unit = match self.per.as_secs() {
+            1 => "s",
+            60 => "min",
+            3600 => "h",
+            86400 => "day",
+            _ => return write!(f, "{}/{}s", self.count, self.per.as_secs()),
+        };
+        write!(f, "{}/{unit}", self.count)
+    }
+}
+
+/// Parses a rate; `"none"` (no limit) gives `None`.
+pub fn parse_rate(text: &str) -> Result<Option<Rate>, InvalidValue> {
+    let t = text.trim();
+    if t.eq_ignore_ascii_case("none") || t.eq_ignore_ascii_case("unlimited") {
+        return Ok(None);
+    }
+    let invalid = || {
+        InvalidValue(format!(
+            "invalid rate {text:?}: expected \"<count>/<s|min|h|day>\" such as \"2000/h\", or \"none\""
+        ))
+    };
+    let (count, unit) = t.split_once('/').ok_or_else(invalid)?;
+    let count: u32 = count.trim().parse().map_err(|_| invalid())?;
+    if count == 0 {
+        return Err(InvalidValue(format!(
+            "invalid rate {text:?}: the count must be at least 1 (use \"none\" for no limit)"
+        )));
+    }
+    let secs = match unit.trim().to_ascii_lowercase().as_str() {
+        "s" | "sec" | "second" => 1,
+        "m" | "min" | "minute" => 60,
+        "h" | "hour" => 3600,
+        "d" | "day" => 86400,
+        _ => return Err(invalid()),
+    };
+    Ok(Some(Rate {
+        count,
+        per: Duration::from_secs(secs),
+    }))
+}
+
+#[cfg(test)]
+mod rate_tests {
+    use super::*;
+
+    #[test]
+    fn rates() {
+        let r = parse_rate("2000/h").unwrap().unwrap();
+        assert_eq!((r.count, r.per.as_secs()), (2000, 3600));
+        assert_eq!(r.interval(), Duration::from_millis(1800));
+        assert_eq!(r.to_string(), "2000/h");
+        assert_eq!(parse_rate("50/s").unwrap().unwrap().to_string(), "50/s");
+        assert_eq!(
+            parse_rate("1000/day").unwrap().unwrap().per.as_secs(),
+            86400
+        );
+        assert_eq!(parse_rate("none").unwrap(), None);
+        assert!(parse_rate("0/s").is_err());
+        assert!(parse_rate("10/fortnight").is_err());
+        assert!(parse_rate("fast").is_err());
+    }
+}

@@ -46,8 +46,12 @@ pub(crate) fn validate(raw: RawConfig, reporter: &mut Reporter<'_>) -> Config {
         delivery: v.delivery(&raw.delivery),
         routes: v.routes(&raw.routes),
         retry: v.retry(&raw.retry),
+        shaping: crate::shaping::ShapingConfig::from_delivery(&DeliveryConfig::default()),
+        egress: v.egress(&raw.egress),
         source: None,
     };
+    let mut config = config;
+    config.shaping = v.shaping(&raw.shaping, &config.delivery);
     v.check_listener_clashes();
     config
 }
@@ -59,38 +63,33 @@ struct Listener {
     key: String,
 }
 
-struct Validator<'r, 'a> {
+pub(crate) struct Validator<'r, 'a> {
     reporter: &'r mut Reporter<'a>,
     listeners: Vec<Listener>,
 }
 
 impl Validator<'_, '_> {
-    fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
+    pub(crate) fn error(&mut self, span: Range<usize>, key: &str, message: impl Into<String>) {
         self.reporter.error(span, key, message);
     }
 
     // ---- sections -------------------------------------------------------
 
     fn smtp(&mut self, raw: &RawSmtp) -> SmtpConfig {
-        let listen = self.list(
-            raw.listen.as_ref(),
-            "smtp.listen",
-            false,
-            addr::parse_listen_addr,
-        );
-        let listen = match listen {
-            Some(list) => {
-                for (addr, span, key) in &list {
-                    self.listeners.push(Listener {
-                        addr: *addr,
-                        span: span.clone(),
-                        key: key.clone(),
-                    });
-                }
-                list.into_iter().map(|(addr, ..)| addr).collect()
-            }
-            None => vec![d::SMTP_LISTEN],
-        };
+        let listen = self
+            .listen_addrs(raw.listen.as_ref(), "smtp.listen", false)
+            .unwrap_or_else(|| vec![d::SMTP_LISTEN]);
+        let tls = self.smtp_tls(raw);
+        let tls_listen = self
+            .listen_addrs(raw.tls_listen.as_ref(), "smtp.tls_listen", true)
+            .unwrap_or_default();
+        self.smtp_tls_listen_needs_tls(raw, tls.is_some());
+        let auth_plaintext_loopback = raw
+            .auth_plaintext_loopback
+            .as_ref()
+            .is_some_and(|b| *b.get_ref());
+        let auth_possible = tls.is_some() || raw.tls_cert.is_some() || auth_plaintext_loopback;
+        let users = self.smtp_users(raw, auth_possible);
         let t = raw.timeouts.as_ref();
         let mut timeout = |value: Option<&Spanned<DurationText>>, name: &str, default| {
             self.duration(value, &format!("smtp.timeouts.{name}"), default, false)
@@ -146,7 +145,21 @@ impl Validator<'_, '_> {
                 "smtp.max_connections",
                 d::MAX_CONNECTIONS,
             ),
+            max_connections_per_ip: self.count(
+                raw.max_connections_per_ip.as_ref(),
+                "smtp.max_connections_per_ip",
+                d::MAX_CONNECTIONS_PER_IP,
+            ),
             timeouts,
+            tls,
+            tls_listen,
+            users,
+            auth_plaintext_loopback,
+            max_auth_failures: self.count(
+                raw.max_auth_failures.as_ref(),
+                "smtp.max_auth_failures",
+                d::MAX_AUTH_FAILURES,
+            ),
         }
     }
 
@@ -168,7 +181,19 @@ impl Validator<'_, '_> {
             },
             None => d::HTTP_LISTEN,
         };
-        HttpConfig { listen }
+        let mut api_tokens = Vec::new();
+        for (i, t) in raw.api_tokens.iter().flatten().enumerate() {
+            if t.get_ref().len() < 16 {
+                self.error(
+                    t.span(),
+                    &format!("http.api_tokens[{i}]"),
+                    "an API token must be at least 16 characters (e.g. `openssl rand -hex 24`)",
+                );
+            } else {
+                api_tokens.push(t.get_ref().clone());
+            }
+        }
+        HttpConfig { listen, api_tokens }
     }
 
     fn dns(&mut self, raw: &RawDns) -> DnsConfig {
@@ -380,10 +405,33 @@ impl Validator<'_, '_> {
         }
     }
 
+    /// A list of listen addresses (`None` if absent), each remembered for the clash check.
+    fn listen_addrs(
+        &mut self,
+        value: Option<&Spanned<OneOrMany>>,
+        key: &str,
+        empty_ok: bool,
+    ) -> Option<Vec<SocketAddr>> {
+        let list = self.list(value, key, empty_ok, addr::parse_listen_addr)?;
+        for (addr, span, key) in &list {
+            self.listeners.push(Listener {
+                addr: *addr,
+                span: span.clone(),
+                key: key.clone(),
+            });
+        }
+        Some(list.into_iter().map(|(addr, ..)| addr).collect())
+    }
+
+    /// The 1-based line of a byte offset, for messages that point at another place.
+    pub(crate) fn line_of(&self, offset: usize) -> usize {
+        self.reporter.line_of(offset)
+    }
+
     // ---- value kinds ----------------------------------------------------
 
     /// Runs a string parser, reporting its error at the value.
-    fn parse<T>(
+    pub(crate) fn parse<T>(
         &mut self,
         text: &Spanned<String>,
         key: &str,
@@ -419,7 +467,7 @@ impl Validator<'_, '_> {
         Some(out)
     }
 
-    fn hostname(&mut self, name: &Spanned<String>) -> String {
+    pub(crate) fn hostname(&mut self, name: &Spanned<String>) -> String {
         let text = name.get_ref();
         if addr::is_valid_hostname(text) {
             text.strip_suffix('.').unwrap_or(text).to_owned()
@@ -464,7 +512,12 @@ impl Validator<'_, '_> {
 
     /// A count such as a connection limit; at least 1, since a zero limit
     /// would make the daemon useless rather than express a policy.
-    fn count(&mut self, value: Option<&Spanned<Int>>, key: &str, default: usize) -> usize {
+    pub(crate) fn count(
+        &mut self,
+        value: Option<&Spanned<Int>>,
+        key: &str,
+        default: usize,
+    ) -> usize {
         let Some(value) = value else { return default };
         let Int(n) = *value.get_ref();
         match usize::try_from(n) {

@@ -8,7 +8,8 @@
 use serde::{Deserialize, Serialize};
 
 /// Format version written as the first byte of every encoded envelope.
-const VERSION: u8 = 1;
+/// 1: first release; 2: adds `pool`, `campaign`, `tenant`.
+const VERSION: u8 = 2;
 
 /// A recipient and how far it has got.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,6 +41,22 @@ pub struct Envelope {
     pub peer: String,
     /// Body size in octets.
     pub size: u64,
+    /// Egress pool to deliver through (`X-Keel-Pool`); empty: the default pool.
+    pub pool: String,
+    /// Campaign id (`X-Keel-Campaign`); empty when none.
+    pub campaign: String,
+    /// Tenant (`X-Keel-Tenant`, or the authenticated user's tenant); empty when none.
+    pub tenant: String,
+}
+
+/// The version-1 layout, still read from spools written by the first release.
+#[derive(Deserialize)]
+struct EnvelopeV1 {
+    sender: String,
+    recipients: Vec<Recipient>,
+    received_at_ms: u64,
+    peer: String,
+    size: u64,
 }
 
 /// An envelope that cannot be decoded (written by a newer release, or damaged).
@@ -65,6 +82,19 @@ impl Envelope {
         match bytes.split_first() {
             None => Err(EnvelopeError::Empty),
             Some((&VERSION, rest)) => Ok(postcard::from_bytes(rest)?),
+            Some((&1, rest)) => {
+                let v1: EnvelopeV1 = postcard::from_bytes(rest)?;
+                Ok(Envelope {
+                    sender: v1.sender,
+                    recipients: v1.recipients,
+                    received_at_ms: v1.received_at_ms,
+                    peer: v1.peer,
+                    size: v1.size,
+                    pool: String::new(),
+                    campaign: String::new(),
+                    tenant: String::new(),
+                })
+            }
             Some((&v, _)) => Err(EnvelopeError::Version(v)),
         }
     }
@@ -91,6 +121,9 @@ mod tests {
             received_at_ms: 42,
             peer: "127.0.0.1:9".into(),
             size: 10,
+            pool: "p".into(),
+            campaign: "c".into(),
+            tenant: "t".into(),
         };
         let bytes = e.encode();
         assert_eq!(Envelope::decode(&bytes).unwrap(), e);
@@ -101,6 +134,14 @@ mod tests {
             Err(EnvelopeError::Version(9))
         ));
         assert!(Envelope::decode(&[]).is_err());
+        // A version-1 envelope (no pool/campaign/tenant) still decodes.
+        #[derive(Serialize)]
+        struct V1<'a>(&'a str, &'a [Recipient], u64, &'a str, u64);
+        let mut v1 = vec![1u8];
+        v1.extend(postcard::to_allocvec(&V1(&e.sender, &e.recipients, 42, &e.peer, 10)).unwrap());
+        let old = Envelope::decode(&v1).unwrap();
+        assert_eq!(old.recipients, e.recipients);
+        assert_eq!(old.pool, "");
         assert_eq!(e.recipients[0].domain(), "d.test");
     }
 }

@@ -21,6 +21,8 @@ pub enum Kind {
     TransientFailure,
     Bounce,
     Expiration,
+    /// Failed by an operator (`keel bounce`).
+    AdminBounce,
 }
 
 /// A remote reply, as logged.
@@ -48,6 +50,8 @@ pub struct Event {
     pub queue: String,
     /// Where delivery was attempted: MX host or smarthost name; empty if not applicable.
     pub site: String,
+    /// Egress source the attempt was made from; empty if not applicable.
+    pub source: String,
     /// Delivery attempt number (0 for Reception).
     pub attempt: u32,
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -168,6 +172,7 @@ mod tests {
             size: 5,
             queue: "y".into(),
             site: "mx.y".into(),
+            source: "ip1".into(),
             attempt: 2,
             response: Some(Response {
                 code: 550,

@@ -1,11 +1,13 @@
 //! `keel`: the daemon (`keel serve`) and the operator's command line.
 #![forbid(unsafe_code)]
 
+mod cli;
 mod delivery;
 mod envelope;
 mod events;
 mod http;
 mod ingress;
+mod passwd;
 mod queue;
 mod serve;
 
@@ -35,12 +37,67 @@ enum Command {
         /// The TOML file to check.
         path: PathBuf,
     },
+    /// Read a password on standard input and print its argon2id hash for [[smtp.user]].
+    Passwd,
+    /// Show every scheduled and ready queue, with limits and suspensions.
+    Queue {
+        #[command(flatten)]
+        api: cli::Api,
+    },
+    /// Stop delivering to a domain, site, egress source, campaign or tenant (mail stays queued).
+    Suspend {
+        #[command(flatten)]
+        target: cli::Target,
+        /// For how long (e.g. "30m", "2h"); default: until resumed.
+        #[arg(long)]
+        duration: Option<String>,
+        /// Why, for the queue summary and logs.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: cli::Api,
+    },
+    /// Lift a suspension.
+    Resume {
+        #[command(flatten)]
+        target: cli::Target,
+        #[command(flatten)]
+        api: cli::Api,
+    },
+    /// Fail and remove queued mail for a domain, site, campaign or tenant (AdminBounce events).
+    Bounce {
+        #[command(flatten)]
+        target: cli::Target,
+        /// Only count what would be bounced.
+        #[arg(long)]
+        dry_run: bool,
+        /// Why, recorded in each AdminBounce event.
+        #[arg(long)]
+        reason: Option<String>,
+        #[command(flatten)]
+        api: cli::Api,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve::main(config),
+        Command::Passwd => passwd::main(),
+        Command::Queue { api } => cli::queue(api),
+        Command::Suspend {
+            target,
+            duration,
+            reason,
+            api,
+        } => cli::suspend(api, target, duration, reason),
+        Command::Resume { target, api } => cli::resume(api, target),
+        Command::Bounce {
+            target,
+            dry_run,
+            reason,
+            api,
+        } => cli::bounce(api, target, dry_run, reason),
         Command::CheckConfig { path } => match keel_config::Config::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());

@@ -105,6 +105,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         spool.clone(),
         events.clone(),
         queue_rx,
+        queue_handle.clone(),
         delivery_ctx,
         shutdown.clone(),
     );
@@ -132,6 +133,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         connections: Arc::new(Semaphore::new(cfg.smtp.max_connections.max(1))),
+        access: smtp::Access::from_config(&cfg)?,
     });
     let mut listeners = Vec::new();
     for addr in &cfg.smtp.listen {
@@ -141,11 +143,22 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         tracing::info!(%addr, "SMTP listening");
         listeners.push(tokio::spawn(smtp::serve(l, ingress.clone())));
     }
+    for addr in &cfg.smtp.tls_listen {
+        let l = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen for SMTP over TLS on {addr}"))?;
+        tracing::info!(%addr, "SMTP (implicit TLS) listening");
+        listeners.push(tokio::spawn(smtp::serve_implicit_tls(l, ingress.clone())));
+    }
     let http_listener = TcpListener::bind(cfg.http.listen)
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
     tracing::info!(addr = %cfg.http.listen, "HTTP listening");
-    let http_task = tokio::spawn(http::serve(http_listener, shutdown.clone()));
+    let http_state = http::AppState {
+        queue: queue_handle.clone(),
+        tokens: Arc::new(cfg.http.api_tokens.clone()),
+    };
+    let http_task = tokio::spawn(http::serve(http_listener, http_state, shutdown.clone()));
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; finishing messages in progress");

@@ -136,12 +136,13 @@ pub struct Connection {
 /// is given. `server_name` is the host name used for TLS SNI.
 pub async fn connect(
     addr: SocketAddr,
+    bind: Option<std::net::IpAddr>,
     server_name: &str,
     helo_name: &str,
     timeouts: Timeouts,
     tls: Option<Arc<rustls::ClientConfig>>,
 ) -> Result<Connection, ClientError> {
-    let tcp = tokio::time::timeout(timeouts.connect, TcpStream::connect(addr))
+    let tcp = tokio::time::timeout(timeouts.connect, tcp_connect(addr, bind))
         .await
         .map_err(|_| ClientError::Timeout("connect"))?
         .map_err(|source| ClientError::Io {
@@ -177,6 +178,23 @@ pub async fn connect(
         // A refused STARTTLS leaves the session usable in plain text (RFC 3207 §4).
     }
     Ok(conn)
+}
+
+/// TCP connect, from `bind` when given (an egress source's address).
+async fn tcp_connect(
+    addr: SocketAddr,
+    bind: Option<std::net::IpAddr>,
+) -> std::io::Result<TcpStream> {
+    let Some(local) = bind else {
+        return TcpStream::connect(addr).await;
+    };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.bind(SocketAddr::new(local, 0))?;
+    socket.connect(addr).await
 }
 
 impl Connection {

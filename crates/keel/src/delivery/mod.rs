@@ -1,11 +1,13 @@
-//! Delivery: one destination task (the ready queue) per destination domain, and the
-//! connection workers it runs.
+//! Delivery: one ready queue per (egress source, site), and the connection workers it runs.
 //!
-//! The destination task owns its queue of due jobs and its connection count. It starts a
-//! worker (one outbound connection) when jobs wait and fewer than
-//! `delivery.max_connections_per_destination` are open; a worker that finished a transaction
-//! asks for the next job and reuses its connection, up to `max_messages_per_connection`, then
-//! says QUIT. An idle worker waits `idle_timeout` for more work before closing.
+//! The ready queue task owns its due jobs, its connection count and its shaping state. It
+//! starts a worker (one outbound connection, bound to the egress source's address) when jobs
+//! wait, fewer than the site's `max_connections` are open and the connection rate allows; it
+//! hands a job to a worker only when the message rate allows. A worker that finished a
+//! transaction asks for the next job and reuses its connection, up to
+//! `max_messages_per_connection`, then says QUIT. An idle worker waits `idle_timeout` for more
+//! work before closing. The limits are exact: a site never sees more connections from one
+//! source than its `max_connections`.
 //!
 //! When a destination cannot be reached at all (DNS failure, every MX refusing), the worker
 //! reports it and the task fails every job it holds the same way, and for a short while fails
@@ -16,13 +18,16 @@
 
 pub mod client;
 pub mod mx;
+pub mod rate;
+pub mod site;
 pub mod tls;
 
 use std::collections::VecDeque;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
-use keel_config::Config;
+use keel_config::{Config, EgressSource, Limits};
 use keel_spool::Spool;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
@@ -32,7 +37,8 @@ use tokio_util::task::TaskTracker;
 use crate::events::Response;
 use crate::queue::{Job, Outcome, QueueHandle, RcptResult, Status};
 use client::{ClientError, Connection, Outgoing, Timeouts};
-use mx::{ResolveError, Resolver, Target};
+use mx::Resolver;
+use rate::Limiter;
 
 /// How often a destination checks its waiting jobs for expiry.
 const EXPIRY_CHECK: Duration = Duration::from_secs(5);
@@ -63,13 +69,42 @@ pub enum DestMsg {
     },
     /// A worker closed its connection.
     WorkerExit,
+    /// Hand back every waiting job this matches (suspension, administrative bounce).
+    Recall(Box<dyn Fn(&Job) -> bool + Send>),
 }
 
-/// Starts the destination task for `domain`; it ends when every sender is dropped.
-pub fn spawn_destination(domain: String, ctx: Arc<Context>) -> mpsc::UnboundedSender<DestMsg> {
+/// Counters a ready queue publishes for the queue summary (read without asking the task).
+#[derive(Debug, Default)]
+pub struct ReadyStats {
+    queued: AtomicUsize,
+    connections: AtomicUsize,
+}
+
+impl ReadyStats {
+    pub fn queued(&self) -> usize {
+        self.queued.load(Ordering::Relaxed)
+    }
+
+    pub fn connections(&self) -> usize {
+        self.connections.load(Ordering::Relaxed)
+    }
+}
+
+/// Starts the ready queue for (`source`, `site`) with `limits`; it ends when every sender is
+/// dropped.
+pub fn spawn_ready_queue(
+    source: EgressSource,
+    limits: Limits,
+    stats: Arc<ReadyStats>,
+    ctx: Arc<Context>,
+) -> mpsc::UnboundedSender<DestMsg> {
     let (tx, rx) = mpsc::unbounded_channel();
     let dest = DestinationTask {
-        domain,
+        stats,
+        source: Arc::new(source),
+        msg_limiter: rate::optional(limits.max_message_rate, 1),
+        conn_limiter: rate::optional(limits.max_connection_rate, 1),
+        limits,
         ctx: ctx.clone(),
         rx,
         self_tx: tx.downgrade(),
@@ -77,13 +112,20 @@ pub fn spawn_destination(domain: String, ctx: Arc<Context>) -> mpsc::UnboundedSe
         idle: Vec::new(),
         workers: 0,
         dead_until: None,
+        wake_at: None,
     };
     ctx.tracker.spawn(dest.run());
     tx
 }
 
 struct DestinationTask {
-    domain: String,
+    stats: Arc<ReadyStats>,
+    source: Arc<EgressSource>,
+    limits: Limits,
+    msg_limiter: Option<Limiter>,
+    conn_limiter: Option<Limiter>,
+    /// When a rate limit next allows a job to go out.
+    wake_at: Option<Instant>,
     ctx: Arc<Context>,
     rx: mpsc::UnboundedReceiver<DestMsg>,
     /// Weak, so the task ends when the queue manager and all workers let go.
@@ -103,10 +145,16 @@ impl DestinationTask {
         let mut expiry = tokio::time::interval(EXPIRY_CHECK);
         expiry.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
+            let wake_at = self.wake_at;
             let msg = tokio::select! {
                 m = self.rx.recv() => m,
                 _ = expiry.tick(), if !self.queue.is_empty() => {
                     self.expire_waiting();
+                    continue;
+                }
+                _ = sleep_until(wake_at), if wake_at.is_some() => {
+                    self.wake_at = None;
+                    self.pump();
                     continue;
                 }
             };
@@ -115,6 +163,14 @@ impl DestinationTask {
                 DestMsg::Job(job) => self.queue.push_back(job),
                 DestMsg::Next(reply) => self.idle.push(reply),
                 DestMsg::WorkerExit => self.workers = self.workers.saturating_sub(1),
+                DestMsg::Recall(pred) => {
+                    let (back, keep): (Vec<Job>, Vec<Job>) =
+                        self.queue.drain(..).partition(|j| pred(j));
+                    self.queue = keep.into();
+                    if !back.is_empty() {
+                        self.ctx.queue.recalled(back);
+                    }
+                }
                 DestMsg::Unreachable {
                     job,
                     status,
@@ -140,6 +196,10 @@ impl DestinationTask {
                 }
             }
             self.pump();
+            self.stats.queued.store(self.queue.len(), Ordering::Relaxed);
+            self.stats
+                .connections
+                .store(self.workers, Ordering::Relaxed);
         }
     }
 
@@ -157,6 +217,10 @@ impl DestinationTask {
             };
             self.fail(job, Status::Expired, r, String::new());
         }
+    }
+
+    fn wake(&mut self, at: Instant) {
+        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
     }
 
     fn fail(&self, job: Job, status: Status, response: Response, site: String) {
@@ -181,18 +245,46 @@ impl DestinationTask {
             self.idle.clear();
             return;
         }
-        let max = self.ctx.cfg.delivery.max_connections_per_destination.max(1);
-        while let Some(job) = self.queue.pop_front() {
+        let max = self.limits.max_connections.max(1);
+        let now = Instant::now();
+        self.idle.retain(|w| !w.is_closed());
+        while !self.queue.is_empty() {
+            // A slot first: an idle connection, or room (and connection rate) for a new one.
+            let reuse = !self.idle.is_empty();
+            if !reuse {
+                if self.workers >= max {
+                    break;
+                }
+                if let Some(Err(at)) = self.conn_limiter.as_ref().map(|l| l.check(now)) {
+                    self.wake(at);
+                    break;
+                }
+            }
+            // Then the message rate.
+            if let Some(l) = self.msg_limiter.as_mut()
+                && let Err(at) = l.try_acquire(now)
+            {
+                self.wake(at);
+                break;
+            }
+            let Some(job) = self.queue.pop_front() else {
+                break;
+            };
             let mut job = Some(job);
-            while let Some(worker) = self.idle.pop() {
-                match worker.send(job.take().expect("job present")) {
-                    Ok(()) => break,
-                    // That worker timed out meanwhile; try the next.
-                    Err(j) => job = Some(j),
+            if reuse {
+                while let Some(j) = job.take() {
+                    let Some(worker) = self.idle.pop() else {
+                        job = Some(j);
+                        break;
+                    };
+                    // Err: that worker timed out meanwhile; try the next.
+                    if let Err(j) = worker.send(j) {
+                        job = Some(j);
+                    }
                 }
             }
             let Some(job) = job else { continue };
-            if self.workers >= max {
+            if reuse && self.workers >= max {
                 self.queue.push_front(job);
                 break;
             }
@@ -200,28 +292,32 @@ impl DestinationTask {
                 self.queue.push_front(job);
                 break;
             };
+            if let Some(l) = self.conn_limiter.as_mut() {
+                let _ = l.try_acquire(now);
+            }
             self.workers += 1;
             let worker = Worker {
-                domain: self.domain.clone(),
+                source: self.source.clone(),
+                limits: self.limits,
                 ctx: self.ctx.clone(),
                 dest: tx,
             };
             self.ctx.tracker.spawn(worker.run(job));
         }
-        self.idle.retain(|w| !w.is_closed());
     }
 }
 
 /// One outbound connection and the jobs it carries.
 struct Worker {
-    domain: String,
+    source: Arc<EgressSource>,
+    limits: Limits,
     ctx: Arc<Context>,
     dest: mpsc::UnboundedSender<DestMsg>,
 }
 
 impl Worker {
     async fn run(self, first: Job) {
-        let (conn, site) = match self.open().await {
+        let (conn, site) = match self.open(&first).await {
             Ok(c) => c,
             Err((status, response, site)) => {
                 let _ = self.dest.send(DestMsg::Unreachable {
@@ -242,7 +338,7 @@ impl Worker {
             self.deliver(&mut conn, &site, job).await;
             sent += 1;
             if !conn.reusable()
-                || sent >= cfg.max_messages_per_connection.max(1)
+                || sent >= self.limits.max_messages_per_connection.max(1)
                 || self.ctx.shutdown.is_cancelled()
             {
                 break;
@@ -278,37 +374,26 @@ impl Worker {
         }
     }
 
-    /// Resolves the destination and connects to the first host that greets us.
-    async fn open(&self) -> Result<(Connection, String), (Status, Response, String)> {
+    /// Connects to the first host of the job's site that greets us, from the egress source.
+    async fn open(&self, job: &Job) -> Result<(Connection, String), (Status, Response, String)> {
         let cfg = &self.ctx.cfg;
-        let targets: Vec<Target> = match cfg.route_for(&self.domain) {
-            Some(route) => self
-                .ctx
-                .resolver
-                .host_target(&route.smarthost.host, route.smarthost.port)
-                .await
-                .map(|t| vec![t]),
-            None => {
-                self.ctx
-                    .resolver
-                    .mx_targets(&self.domain, cfg.delivery.port)
-                    .await
-            }
-        }
-        .map_err(|e| match e {
-            ResolveError::Permanent(r) => (Status::Permanent, r, String::new()),
-            ResolveError::Transient(r) => (Status::Transient, r, String::new()),
-        })?;
-
+        let targets = job.site.as_ref().map_or(&[][..], |s| &s.targets[..]);
+        let helo = self.source.ehlo.as_deref().unwrap_or(&cfg.smtp.hostname);
+        let bind = self.source.bind;
         let timeouts = self.timeouts();
         let mut last: Option<(Response, String)> = None;
-        for target in &targets {
+        for target in targets {
             for ip in &target.addrs {
+                // A source bound to an IPv4 address cannot reach an IPv6 host, and vice versa.
+                if bind.is_some_and(|b| b.is_ipv4() != ip.is_ipv4()) {
+                    continue;
+                }
                 let addr = std::net::SocketAddr::new(*ip, target.port);
                 let attempt = client::connect(
                     addr,
+                    bind,
                     &target.host,
-                    &cfg.smtp.hostname,
+                    helo,
                     timeouts,
                     self.ctx.tls.clone(),
                 )
@@ -319,8 +404,7 @@ impl Worker {
                     Err(ClientError::Tls(e)) => {
                         tracing::info!(host = %target.host, %addr, error = %e,
                             "STARTTLS handshake failed; retrying without TLS");
-                        client::connect(addr, &target.host, &cfg.smtp.hostname, timeouts, None)
-                            .await
+                        client::connect(addr, bind, &target.host, helo, timeouts, None).await
                     }
                     other => other,
                 };
@@ -341,7 +425,10 @@ impl Worker {
                 Response {
                     code: 0,
                     enhanced: "4.4.1".into(),
-                    text: "no host to connect to".into(),
+                    text: match bind {
+                        Some(b) => format!("no host address reachable from egress address {b}"),
+                        None => "no host to connect to".into(),
+                    },
                 },
                 String::new(),
             )
@@ -424,6 +511,13 @@ impl Worker {
             site: site.to_string(),
             peer,
         });
+    }
+}
+
+async fn sleep_until(t: Option<Instant>) {
+    match t {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
     }
 }
 

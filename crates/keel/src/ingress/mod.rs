@@ -1,3 +1,7 @@
 //! Ways mail enters Keel. Today: SMTP ([`smtp`]).
 
+pub mod auth;
+pub mod headers;
+pub mod limits;
 pub mod smtp;
+pub mod tls;

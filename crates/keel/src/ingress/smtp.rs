@@ -5,11 +5,19 @@
 //! and body appended to the spool, and only once the spool reports the group commit durable
 //! is the 250 written and the message handed to the queue manager. A spool error becomes
 //! `451 4.3.0`, so the client keeps responsibility for the message.
+//!
+//! The session decides when TLS starts and what to do with credentials; this task carries
+//! it out: the handshake ([`tls`]), on STARTTLS or, on an implicit-TLS listener, before the
+//! greeting; and the credential check ([`auth`]). Before a session starts, the connection
+//! must fit under both `max_connections` (`421 4.3.2`) and `max_connections_per_ip`
+//! (`421 4.7.0`); an implicit-TLS connection over a limit is closed without an answer,
+//! since a plaintext reply would mean nothing to a client expecting a TLS handshake.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use anyhow::Context as _;
 use keel_config::Config;
 use keel_smtp::received::Trace;
 use keel_smtp::{Enhanced, Next, Peer, Reply, ServerConfig, Session, Transaction};
@@ -17,9 +25,13 @@ use keel_spool::Spool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
+use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
+use super::auth::Authenticator;
+use super::limits::PerIpConnections;
+use super::tls::{self, Stream};
 use crate::envelope::{Envelope, Recipient};
 use crate::events::{self, Event, EventSink, Kind};
 use crate::queue::{QueueHandle, format_id};
@@ -34,6 +46,30 @@ pub struct Ingress {
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub connections: Arc<Semaphore>,
+    pub access: Access,
+}
+
+/// Who may connect and how they prove who they are: TLS, AUTH and per-client limits.
+pub struct Access {
+    /// `None` when no certificate is configured (no STARTTLS, no implicit TLS).
+    pub tls: Option<TlsAcceptor>,
+    pub auth: Authenticator,
+    pub per_ip: PerIpConnections,
+}
+
+impl Access {
+    /// Loads the certificate and key (a bad pair fails start-up) and the user list.
+    pub fn from_config(cfg: &Config) -> anyhow::Result<Access> {
+        let tls = match &cfg.smtp.tls {
+            Some(files) => Some(tls::acceptor(files).context("setting up TLS for SMTP")?),
+            None => None,
+        };
+        Ok(Access {
+            tls,
+            auth: Authenticator::new(&cfg.smtp),
+            per_ip: PerIpConnections::new(cfg.smtp.max_connections_per_ip),
+        })
+    }
 }
 
 /// The session parameters derived from the configuration.
@@ -43,11 +79,32 @@ pub fn server_config(cfg: &Config) -> ServerConfig {
     s.max_recipients = cfg.smtp.max_recipients;
     s.command_timeout = cfg.smtp.timeouts.command;
     s.data_timeout = cfg.smtp.timeouts.data_block;
+    s.starttls = cfg.smtp.tls.is_some();
+    s.auth = !cfg.smtp.users.is_empty();
+    s.auth_plaintext_loopback = cfg.smtp.auth_plaintext_loopback;
     s
 }
 
-/// Accepts connections until shutdown.
+/// How a listener's connections start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Plain SMTP; STARTTLS when configured.
+    Plain,
+    /// TLS from the first byte (`smtp.tls_listen`).
+    ImplicitTls,
+}
+
+/// Accepts plain SMTP connections until shutdown.
 pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>) {
+    accept_loop(listener, ingress, Mode::Plain).await;
+}
+
+/// Accepts implicit-TLS connections (`smtp.tls_listen`) until shutdown.
+pub async fn serve_implicit_tls(listener: TcpListener, ingress: Arc<Ingress>) {
+    accept_loop(listener, ingress, Mode::ImplicitTls).await;
+}
+
+async fn accept_loop(listener: TcpListener, ingress: Arc<Ingress>, mode: Mode) {
     loop {
         let accepted = tokio::select! {
             a = listener.accept() => a,
@@ -64,36 +121,49 @@ pub async fn serve(listener: TcpListener, ingress: Arc<Ingress>) {
         };
         let ingress2 = ingress.clone();
         ingress.tracker.spawn(async move {
-            let permit = ingress2.connections.clone().try_acquire_owned();
-            let mut stream = stream;
-            match permit {
-                Ok(_permit) => {
-                    if let Err(e) = session(&mut stream, peer, &ingress2).await {
-                        tracing::debug!(%peer, error = %e, "SMTP session ended with an error");
-                    }
-                }
-                Err(_) => {
-                    let r = Reply::new(
-                        421,
-                        Enhanced(4, 3, 2),
-                        format!(
-                            "{} Too many connections, try again later",
-                            ingress2.server.hostname
-                        ),
-                    );
-                    let _ = stream.write_all(&r.to_bytes()).await;
-                }
+            let ingress = ingress2;
+            let Ok(_permit) = ingress.connections.clone().try_acquire_owned() else {
+                let text = format!(
+                    "{} Too many connections, try again later",
+                    ingress.server.hostname
+                );
+                return refuse(stream, mode, Reply::new(421, Enhanced(4, 3, 2), text)).await;
+            };
+            let Some(_slot) = ingress.access.per_ip.try_acquire(peer.ip()) else {
+                tracing::debug!(%peer, "too many connections from this client");
+                let text = format!(
+                    "{} Too many connections from your address",
+                    ingress.server.hostname
+                );
+                return refuse(stream, mode, Reply::new(421, Enhanced(4, 7, 0), text)).await;
+            };
+            if let Err(e) = session(stream, peer, &ingress, mode).await {
+                tracing::debug!(%peer, error = %e, "SMTP session ended with an error");
             }
         });
     }
 }
 
+/// Turns a connection away before its session starts.
+async fn refuse(mut stream: TcpStream, mode: Mode, reply: Reply) {
+    if mode == Mode::Plain {
+        let _ = stream.write_all(&reply.to_bytes()).await;
+    }
+}
+
+/// Writes and flushes (a TLS stream holds written data until flushed).
+async fn send(stream: &mut Stream, bytes: &[u8]) -> std::io::Result<()> {
+    stream.write_all(bytes).await?;
+    stream.flush().await
+}
+
 async fn session(
-    stream: &mut TcpStream,
+    tcp: TcpStream,
     peer: SocketAddr,
     ingress: &Ingress,
+    mode: Mode,
 ) -> std::io::Result<()> {
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
     let relay_allowed = ingress.cfg.is_relay_client(peer.ip());
     let mut s = Session::new(
         ingress.server.clone(),
@@ -102,20 +172,25 @@ async fn session(
             relay_allowed,
         },
     );
-    stream.write_all(&s.greeting()).await?;
+    let mut stream = Stream::Plain(tcp);
+    if mode == Mode::ImplicitTls {
+        stream = handshake(stream, ingress, ingress.cfg.smtp.timeouts.greeting).await?;
+        s.tls_started();
+    }
+    send(&mut stream, &s.greeting()).await?;
     // Small per-connection buffer: thousands of idle sessions must stay cheap.
     let mut buf = vec![0u8; 16 * 1024];
     loop {
         let read = tokio::select! {
             r = tokio::time::timeout(s.read_timeout(), stream.read(&mut buf)) => r,
             _ = ingress.shutdown.cancelled(), if !s.in_data() => {
-                stream.write_all(&s.shutdown()).await?;
+                send(&mut stream, &s.shutdown()).await?;
                 return Ok(());
             }
         };
         let n = match read {
             Err(_) => {
-                stream.write_all(&s.timeout()).await?;
+                send(&mut stream, &s.timeout()).await?;
                 return Ok(());
             }
             Ok(r) => r?,
@@ -126,7 +201,7 @@ async fn session(
         let mut step = s.receive(&buf[..n]);
         loop {
             if !step.output.is_empty() {
-                stream.write_all(&step.output).await?;
+                send(&mut stream, &step.output).await?;
             }
             match step.next {
                 Next::Read => break,
@@ -135,7 +210,40 @@ async fn session(
                     let outcome = store(ingress, peer, tx).await;
                     step = s.stored(outcome);
                 }
+                Next::StartTls => {
+                    // The rest of this read was discarded by the session; what the client
+                    // sends next must be the TLS handshake.
+                    stream = handshake(stream, ingress, s.read_timeout()).await?;
+                    s.tls_started();
+                    break;
+                }
+                Next::Authenticate(credentials) => {
+                    let outcome = ingress.access.auth.check(peer.ip(), credentials).await;
+                    step = s.auth_result(outcome);
+                }
             }
+        }
+    }
+}
+
+/// Runs the TLS handshake within `limit`; an error, a timeout or shutdown ends the session
+/// (there is nothing to finish: no message can be in progress).
+async fn handshake(
+    stream: Stream,
+    ingress: &Ingress,
+    limit: std::time::Duration,
+) -> std::io::Result<Stream> {
+    let Some(acceptor) = &ingress.access.tls else {
+        return Err(std::io::Error::other("TLS requested but not configured"));
+    };
+    tokio::select! {
+        r = tokio::time::timeout(limit, stream.start_tls(acceptor)) => match r {
+            Ok(Ok(tls)) => Ok(tls),
+            Ok(Err(e)) => Err(std::io::Error::other(format!("TLS handshake failed: {e}"))),
+            Err(_) => Err(std::io::Error::other("TLS handshake timed out")),
+        },
+        _ = ingress.shutdown.cancelled() => {
+            Err(std::io::Error::other("shutting down during the TLS handshake"))
         }
     }
 }
@@ -146,7 +254,7 @@ async fn store(ingress: &Ingress, peer: SocketAddr, tx: Transaction) -> Result<S
     let queue_id = format_id(id);
     let now = SystemTime::now();
     let rcpts: Vec<String> = tx.rcpts.iter().map(|a| a.to_string()).collect();
-    let protocol = if tx.esmtp { "ESMTP" } else { "SMTP" };
+    let protocol = tx.protocol();
     let header = Trace {
         helo: &tx.helo,
         peer_ip: peer.ip(),
@@ -157,10 +265,14 @@ async fn store(ingress: &Ingress, peer: SocketAddr, tx: Transaction) -> Result<S
         date: &events::rfc5322(now),
     }
     .header();
-    let mut body = Vec::with_capacity(header.len() + tx.body.len());
+    let (controls, message) = match crate::ingress::headers::extract(&tx.body) {
+        Some((controls, stripped)) => (controls, stripped),
+        None => (Default::default(), tx.body),
+    };
+    let mut body = Vec::with_capacity(header.len() + message.len());
     body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(&tx.body);
-    drop(tx.body);
+    body.extend_from_slice(&message);
+    drop(message);
 
     let sender = tx.mail_from.map(|a| a.to_string()).unwrap_or_default();
     let envelope = Envelope {
@@ -176,6 +288,14 @@ async fn store(ingress: &Ingress, peer: SocketAddr, tx: Transaction) -> Result<S
         received_at_ms: events::epoch_ms(now),
         peer: peer.to_string(),
         size: body.len() as u64,
+        pool: controls.pool,
+        campaign: controls.campaign,
+        // The tenant configured for the authenticated user wins over a header the client
+        // wrote: a user must not be able to send on another tenant's account.
+        tenant: tx
+            .authenticated
+            .and_then(|a| a.tenant)
+            .unwrap_or(controls.tenant),
     };
     if let Err(e) = ingress.spool.append(id, envelope.encode(), body).await {
         tracing::error!(error = %e, %peer, "cannot store a received message");
@@ -199,6 +319,7 @@ async fn store(ingress: &Ingress, peer: SocketAddr, tx: Transaction) -> Result<S
                 .map(|(_, d)| d.to_string())
                 .unwrap_or_default(),
             site: String::new(),
+            source: String::new(),
             attempt: 0,
             response: None,
             peer: envelope.peer.clone(),

@@ -4,6 +4,7 @@ use std::sync::Arc;
 
 use tokio::time::Instant;
 
+use crate::delivery::site::Site;
 use crate::events::Response;
 
 /// One delivery attempt's worth of work: a message's pending recipients in one domain.
@@ -17,6 +18,10 @@ pub struct Job {
     /// The addresses of `rcpts`, in the same order.
     pub addresses: Vec<String>,
     pub sender: Arc<str>,
+    /// Egress source chosen from the message's pool.
+    pub source: Arc<str>,
+    /// The site, once the domain is resolved (set when the job is dispatched).
+    pub site: Option<Arc<Site>>,
     /// 1 for the first attempt.
     pub attempt: u32,
     /// When the message passes `max_age`: a job still waiting then is expired, not attempted.

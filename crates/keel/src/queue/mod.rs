@@ -14,6 +14,7 @@
 //! Invariant: a message is removed from the spool only after every recipient reached a final
 //! state (delivered, bounced, expired) and that state was emitted as an event.
 
+pub mod admin;
 pub mod job;
 pub mod retry;
 
@@ -24,10 +25,12 @@ use std::time::{Duration, SystemTime};
 
 use keel_config::Config;
 use keel_spool::Spool;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use crate::delivery::mx::ResolveError;
+use crate::delivery::site::{self, Site};
 use crate::delivery::{self, DestMsg};
 use crate::envelope::Envelope;
 use crate::events::{self, Event, EventSink, Kind, Response};
@@ -40,6 +43,31 @@ pub enum Command {
     Enqueue { id: u128, envelope: Envelope },
     /// The result of a delivery attempt.
     Outcome(Outcome),
+    /// A domain's site was looked up.
+    Resolved {
+        domain: String,
+        result: Result<Site, ResolveError>,
+    },
+    /// Jobs a ready queue handed back (recall for a suspension or bounce).
+    Recalled(Vec<Job>),
+    /// The queue summary.
+    Snapshot(oneshot::Sender<admin::Snapshot>),
+    Suspend {
+        selector: admin::Selector,
+        duration: Option<Duration>,
+        reason: String,
+        reply: oneshot::Sender<admin::Suspension>,
+    },
+    Resume {
+        selector: admin::Selector,
+        reply: oneshot::Sender<usize>,
+    },
+    Bounce {
+        selector: admin::Selector,
+        dry_run: bool,
+        reason: String,
+        reply: oneshot::Sender<admin::BounceResult>,
+    },
 }
 
 /// Cheap handle to the queue manager.
@@ -55,6 +83,17 @@ impl QueueHandle {
 
     pub fn report(&self, outcome: Outcome) {
         let _ = self.tx.send(Command::Outcome(outcome));
+    }
+
+    pub fn recalled(&self, jobs: Vec<Job>) {
+        let _ = self.tx.send(Command::Recalled(jobs));
+    }
+
+    /// Sends an operator command; `None` if the queue manager is gone (shutting down).
+    pub async fn ask<T>(&self, make: impl FnOnce(oneshot::Sender<T>) -> Command) -> Option<T> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(make(tx)).ok()?;
+        rx.await.ok()
     }
 }
 
@@ -72,10 +111,49 @@ struct Message {
 
 struct Destination {
     tx: mpsc::UnboundedSender<DestMsg>,
+    stats: Arc<delivery::ReadyStats>,
+    limits: keel_config::Limits,
     /// Jobs dispatched to it whose outcome has not come back yet.
     outstanding: usize,
     /// When `outstanding` last dropped to zero.
     idle_since: Option<Instant>,
+}
+
+/// A ready queue's key: (egress source, site).
+type ReadyKey = (Arc<str>, Arc<str>);
+
+/// How long a domain's resolved site is used before it is looked up again.
+const SITE_TTL: Duration = Duration::from_secs(300);
+
+/// Smooth weighted round-robin over a pool's sources: over any run of jobs each source gets
+/// its weight's share, interleaved rather than in blocks.
+struct PoolPicker {
+    members: Vec<(Arc<str>, i64, i64)>,
+}
+
+impl PoolPicker {
+    fn new(members: &[(String, u32)]) -> Self {
+        PoolPicker {
+            members: members
+                .iter()
+                .map(|(n, w)| (Arc::from(n.as_str()), i64::from(*w), 0))
+                .collect(),
+        }
+    }
+
+    fn pick(&mut self) -> Arc<str> {
+        let total: i64 = self.members.iter().map(|m| m.1).sum();
+        for m in &mut self.members {
+            m.2 += m.1;
+        }
+        let best = self
+            .members
+            .iter_mut()
+            .max_by_key(|m| m.2)
+            .expect("a pool has at least one source");
+        best.2 -= total;
+        best.0.clone()
+    }
 }
 
 /// How often idle destinations are swept.
@@ -91,7 +169,20 @@ pub struct QueueManager {
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
     waiting: HashMap<u64, Job>,
     seq: u64,
-    destinations: HashMap<String, Destination>,
+    destinations: HashMap<ReadyKey, Destination>,
+    /// Resolved sites by domain, with when to look them up again.
+    sites: HashMap<String, (Arc<Site>, Instant)>,
+    /// Jobs waiting for their domain's lookup.
+    resolving: HashMap<String, Vec<Job>>,
+    pools: HashMap<String, PoolPicker>,
+    suspensions: Vec<admin::Suspension>,
+    /// Jobs held back by a suspension.
+    parked: Vec<Job>,
+    /// When parked jobs are next re-checked.
+    park_check: Option<Instant>,
+    /// The last failure reply per domain, for the queue summary.
+    last_response: HashMap<String, Response>,
+    handle: QueueHandle,
     delivery: Arc<delivery::Context>,
     shutdown: CancellationToken,
 }
@@ -108,10 +199,25 @@ impl QueueManager {
         spool: Spool,
         events: EventSink,
         rx: mpsc::UnboundedReceiver<Command>,
+        handle: QueueHandle,
         delivery: Arc<delivery::Context>,
         shutdown: CancellationToken,
     ) -> Self {
+        let pools = cfg
+            .egress
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), PoolPicker::new(&p.members)))
+            .collect();
         Self {
+            suspensions: Vec::new(),
+            parked: Vec::new(),
+            park_check: None,
+            last_response: HashMap::new(),
+            sites: HashMap::new(),
+            resolving: HashMap::new(),
+            pools,
+            handle,
             cfg,
             spool,
             events,
@@ -132,12 +238,28 @@ impl QueueManager {
         sweep.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             let next = self.timers.peek().map(|Reverse((t, _))| *t);
+            let park_check = self.park_check;
             tokio::select! {
                 cmd = self.rx.recv() => match cmd {
                     Some(Command::Enqueue { id, envelope }) => self.enqueue(id, envelope),
                     Some(Command::Outcome(o)) => self.outcome(o),
+                    Some(Command::Resolved { domain, result }) => self.resolved(domain, result),
+                    Some(Command::Recalled(jobs)) => self.recalled(jobs),
+                    Some(Command::Snapshot(reply)) => {
+                        let _ = reply.send(self.snapshot());
+                    }
+                    Some(Command::Suspend { selector, duration, reason, reply }) => {
+                        let _ = reply.send(self.suspend(selector, duration, reason));
+                    }
+                    Some(Command::Resume { selector, reply }) => {
+                        let _ = reply.send(self.resume(&selector));
+                    }
+                    Some(Command::Bounce { selector, dry_run, reason, reply }) => {
+                        let _ = reply.send(self.bounce(&selector, dry_run, &reason));
+                    }
                     None => break,
                 },
+                _ = sleep_until(park_check), if park_check.is_some() => self.unpark_all(),
                 _ = sleep_until(next), if next.is_some() => self.fire_timers(),
                 _ = sweep.tick() => self.sweep_destinations(),
                 _ = self.shutdown.cancelled() => break,
@@ -177,6 +299,7 @@ impl QueueManager {
                     .collect::<Vec<_>>()
             })
             .collect();
+        let source = self.pick_source(&envelope.pool);
         let mut jobs = Vec::with_capacity(by_domain.len());
         for (domain, rcpts) in by_domain {
             let attempt = rcpts
@@ -194,6 +317,8 @@ impl QueueManager {
                 rcpts,
                 domain,
                 sender: sender.clone(),
+                source: source.clone(),
+                site: None,
                 attempt,
                 expires_at,
             });
@@ -216,7 +341,46 @@ impl QueueManager {
         }
     }
 
-    fn dispatch(&mut self, job: Job) {
+    /// The egress source for a message of `pool` (unknown or empty: the default pool).
+    fn pick_source(&mut self, pool: &str) -> Arc<str> {
+        let name = if pool.is_empty() || !self.pools.contains_key(pool) {
+            if !pool.is_empty() {
+                tracing::warn!(
+                    pool,
+                    "message names an unknown egress pool; using the default pool"
+                );
+            }
+            keel_config::DEFAULT_EGRESS
+        } else {
+            pool
+        };
+        match self.pools.get_mut(name) {
+            Some(p) => p.pick(),
+            None => Arc::from(keel_config::DEFAULT_EGRESS),
+        }
+    }
+
+    pub(crate) fn dispatch(&mut self, mut job: Job) {
+        // Recipients finished meanwhile (an administrative bounce) are not attempted again.
+        let Some(msg) = self.messages.get_mut(&job.id) else {
+            return;
+        };
+        if job.rcpts.iter().any(|&i| msg.envelope.recipients[i].done) {
+            let keep: Vec<bool> = job
+                .rcpts
+                .iter()
+                .map(|&i| !msg.envelope.recipients[i].done)
+                .collect();
+            let mut k = keep.iter();
+            job.rcpts.retain(|_| *k.next().unwrap_or(&false));
+            let mut k = keep.iter();
+            job.addresses.retain(|_| *k.next().unwrap_or(&false));
+            if job.rcpts.is_empty() {
+                msg.jobs = msg.jobs.saturating_sub(1);
+                let id = job.id;
+                return self.persist(id);
+            }
+        }
         if Instant::now() >= job.expires_at {
             let outcome = Outcome::all(
                 job,
@@ -227,17 +391,83 @@ impl QueueManager {
             );
             return self.outcome_counted(outcome, false);
         }
+        if let Some((site, until)) = self.sites.get(&job.domain)
+            && Instant::now() < *until
+        {
+            let site = site.clone();
+            return self.send_ready(job, site);
+        }
         let domain = job.domain.clone();
-        let mut job = job;
+        let waiting = self.resolving.entry(domain.clone()).or_default();
+        waiting.push(job);
+        if waiting.len() == 1 {
+            // First job for this domain: look it up off the manager's task.
+            let ctx = self.delivery.clone();
+            let handle = self.handle.clone();
+            self.delivery.tracker.spawn(async move {
+                let result = site::resolve(&ctx.cfg, &ctx.resolver, &domain).await;
+                let _ = handle.tx.send(Command::Resolved { domain, result });
+            });
+        }
+    }
+
+    fn resolved(&mut self, domain: String, result: Result<Site, ResolveError>) {
+        let jobs = self.resolving.remove(&domain).unwrap_or_default();
+        match result {
+            Ok(site) => {
+                let site = Arc::new(site);
+                self.sites
+                    .insert(domain, (site.clone(), Instant::now() + SITE_TTL));
+                for job in jobs {
+                    self.send_ready(job, site.clone());
+                }
+            }
+            Err(e) => {
+                let (status, response) = match e {
+                    ResolveError::Permanent(r) => (Status::Permanent, r),
+                    ResolveError::Transient(r) => (Status::Transient, r),
+                };
+                for job in jobs {
+                    let o =
+                        Outcome::all(job, status, response.clone(), String::new(), String::new());
+                    self.outcome_counted(o, false);
+                }
+            }
+        }
+    }
+
+    /// Hands a job to the ready queue of (its source, `site`), starting it if needed, unless
+    /// a suspension holds it back.
+    fn send_ready(&mut self, mut job: Job, site: Arc<Site>) {
+        let key: ReadyKey = (job.source.clone(), site.key.clone());
+        job.site = Some(site.clone());
+        if let Some(until) = self.suspension_for(&job) {
+            return self.park(job, until);
+        }
         loop {
-            let dest = self
-                .destinations
-                .entry(domain.clone())
-                .or_insert_with(|| Destination {
-                    tx: delivery::spawn_destination(domain.clone(), self.delivery.clone()),
-                    outstanding: 0,
-                    idle_since: None,
-                });
+            let dest = match self.destinations.entry(key.clone()) {
+                std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+                std::collections::hash_map::Entry::Vacant(e) => {
+                    let source =
+                        self.cfg.egress.source(&key.0).cloned().unwrap_or_else(|| {
+                            keel_config::EgressConfig::default().sources[0].clone()
+                        });
+                    let limits = self.cfg.shaping.limits_for(&job.domain, &site.mx_hosts);
+                    let stats = Arc::new(delivery::ReadyStats::default());
+                    e.insert(Destination {
+                        tx: delivery::spawn_ready_queue(
+                            source,
+                            limits,
+                            stats.clone(),
+                            self.delivery.clone(),
+                        ),
+                        stats,
+                        limits,
+                        outstanding: 0,
+                        idle_since: None,
+                    })
+                }
+            };
             match dest.tx.send(DestMsg::Job(job)) {
                 Ok(()) => {
                     dest.outstanding += 1;
@@ -245,14 +475,30 @@ impl QueueManager {
                     return;
                 }
                 Err(mpsc::error::SendError(DestMsg::Job(j))) => {
-                    // The destination task ended (shutdown); start a fresh one.
-                    self.destinations.remove(&domain);
+                    // The ready queue ended (shutdown); start a fresh one.
+                    self.destinations.remove(&key);
                     if self.shutdown.is_cancelled() {
                         return;
                     }
                     job = j;
                 }
                 Err(_) => return,
+            }
+        }
+    }
+
+    /// Counts a job as back from its ready queue.
+    fn undispatched(&mut self, job: &Job) {
+        let key = job
+            .site
+            .as_ref()
+            .map(|s| (job.source.clone(), s.key.clone()));
+        if let Some(key) = key
+            && let Some(d) = self.destinations.get_mut(&key)
+        {
+            d.outstanding = d.outstanding.saturating_sub(1);
+            if d.outstanding == 0 {
+                d.idle_since = Some(Instant::now());
             }
         }
     }
@@ -300,11 +546,8 @@ impl QueueManager {
             site,
             peer,
         } = outcome;
-        if dispatched && let Some(d) = self.destinations.get_mut(&job.domain) {
-            d.outstanding = d.outstanding.saturating_sub(1);
-            if d.outstanding == 0 {
-                d.idle_since = Some(Instant::now());
-            }
+        if dispatched {
+            self.undispatched(&job);
         }
         let Some(msg) = self.messages.get_mut(&job.id) else {
             return;
@@ -318,6 +561,10 @@ impl QueueManager {
                 continue;
             };
             let rcpt = &mut msg.envelope.recipients[idx];
+            if rcpt.done {
+                // Finished meanwhile (administrative bounce): this result changes nothing.
+                continue;
+            }
             if result.status != Status::Expired {
                 rcpt.attempts = job.attempt;
             }
@@ -330,6 +577,8 @@ impl QueueManager {
             if result.status == Status::Transient {
                 retry_rcpts.push(idx);
                 last_transient = Some(result.response.clone());
+                self.last_response
+                    .insert(job.domain.clone(), result.response.clone());
             } else {
                 rcpt.done = true;
             }
@@ -342,6 +591,7 @@ impl QueueManager {
                 size: msg.envelope.size,
                 queue: job.domain.clone(),
                 site: site.clone(),
+                source: job.source.to_string(),
                 attempt: if result.status == Status::Expired {
                     rcpt.attempts
                 } else {
@@ -393,7 +643,7 @@ impl QueueManager {
     }
 
     /// Writes the message's progress to the spool, or removes it when it is finished.
-    fn persist(&mut self, id: u128) {
+    pub(crate) fn persist(&mut self, id: u128) {
         let Some(msg) = self.messages.get(&id) else {
             return;
         };

@@ -1,0 +1,512 @@
+//! Operator control of the queues: the summary, suspensions and administrative bounces.
+//!
+//! These run on the queue manager's task, like everything that touches queue state; the HTTP
+//! admin API reaches them through [`super::Command`] messages with a reply channel.
+//!
+//! - A **suspension** (by domain, site, egress source, campaign or tenant, optionally for a
+//!   duration) stops new delivery attempts for matching jobs: jobs about to be handed to a
+//!   ready queue are parked instead, and jobs already waiting in ready queues are recalled.
+//!   Deliveries in progress finish. Resuming (or the duration passing) dispatches the parked
+//!   jobs at once. Parking is not an attempt: no retry is counted and no event is emitted.
+//! - An **administrative bounce** fails every pending recipient matching the selector with an
+//!   `AdminBounce` event and removes finished messages from the spool. A dry run only counts.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use super::{Job, QueueManager, format_id};
+use crate::delivery::DestMsg;
+use crate::events::{self, Event, Kind, Response};
+
+/// What an operator command applies to. Exactly one field is set (checked by the API).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selector {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub campaign: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+}
+
+impl Selector {
+    /// Lower-cases the domain the way queues are keyed.
+    pub fn normalized(mut self) -> Self {
+        if let Some(d) = &mut self.domain {
+            *d = d.trim_end_matches('.').to_ascii_lowercase();
+        }
+        self
+    }
+
+    /// How many fields are set.
+    pub fn count(&self) -> usize {
+        [
+            &self.domain,
+            &self.site,
+            &self.source,
+            &self.campaign,
+            &self.tenant,
+        ]
+        .iter()
+        .filter(|f| f.is_some())
+        .count()
+    }
+}
+
+/// The facts a selector is matched against.
+pub(crate) struct Facts<'a> {
+    pub domain: &'a str,
+    pub site: Option<&'a str>,
+    pub source: Option<&'a str>,
+    pub campaign: &'a str,
+    pub tenant: &'a str,
+}
+
+impl Selector {
+    pub(crate) fn matches(&self, f: &Facts<'_>) -> bool {
+        self.domain.as_deref().is_none_or(|d| d == f.domain)
+            && self.site.as_deref().is_none_or(|s| f.site == Some(s))
+            && self.source.as_deref().is_none_or(|s| f.source == Some(s))
+            && self.campaign.as_deref().is_none_or(|c| c == f.campaign)
+            && self.tenant.as_deref().is_none_or(|t| t == f.tenant)
+    }
+}
+
+/// An active suspension.
+#[derive(Debug, Clone, Serialize)]
+pub struct Suspension {
+    #[serde(flatten)]
+    pub selector: Selector,
+    pub reason: String,
+    /// RFC 3339 end time; absent: until resumed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub until: Option<String>,
+    #[serde(skip)]
+    pub until_instant: Option<Instant>,
+}
+
+/// One scheduled queue (destination domain) in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct ScheduledView {
+    pub domain: String,
+    pub messages: usize,
+    pub recipients: usize,
+    pub bytes: u64,
+    pub oldest_age_s: u64,
+    /// Seconds until the next retry of a deferred job (absent: none waiting to retry).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_attempt_in_s: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_response: Option<Response>,
+    pub parked: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub site: Option<String>,
+}
+
+/// One ready queue (egress source, site) in the summary.
+#[derive(Debug, Clone, Serialize)]
+pub struct ReadyView {
+    pub source: String,
+    pub site: String,
+    pub queued: usize,
+    pub connections: usize,
+    /// Jobs handed to this queue whose outcome is not back yet (queued + in delivery).
+    pub outstanding: usize,
+    pub max_connections: usize,
+    pub max_messages_per_connection: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_message_rate: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub max_connection_rate: Option<String>,
+}
+
+/// `GET /api/v1/queues`.
+#[derive(Debug, Clone, Serialize)]
+pub struct Snapshot {
+    pub messages: usize,
+    pub recipients: usize,
+    pub bytes: u64,
+    pub scheduled: Vec<ScheduledView>,
+    pub ready: Vec<ReadyView>,
+    pub suspensions: Vec<Suspension>,
+}
+
+/// The result of an administrative bounce.
+#[derive(Debug, Clone, Serialize)]
+pub struct BounceResult {
+    pub dry_run: bool,
+    pub messages: usize,
+    pub recipients: usize,
+}
+
+/// How often parked jobs are re-checked at the latest (suspensions without an end).
+const PARK_RECHECK: Duration = Duration::from_secs(60);
+
+impl QueueManager {
+    /// The active suspension matching a job, if any (expired ones are dropped here).
+    pub(crate) fn suspension_for(&mut self, job: &Job) -> Option<Option<Instant>> {
+        let now = Instant::now();
+        self.suspensions
+            .retain(|s| s.until_instant.is_none_or(|u| u > now));
+        let msg = self.messages.get(&job.id)?;
+        let facts = Facts {
+            domain: &job.domain,
+            site: job.site.as_ref().map(|s| &*s.key),
+            source: Some(&job.source),
+            campaign: &msg.envelope.campaign,
+            tenant: &msg.envelope.tenant,
+        };
+        self.suspensions
+            .iter()
+            .find(|s| s.selector.matches(&facts))
+            .map(|s| s.until_instant)
+    }
+
+    /// Parks a job under a suspension ending at `until` (or until resumed).
+    pub(crate) fn park(&mut self, job: Job, until: Option<Instant>) {
+        let wake = until.unwrap_or_else(|| Instant::now() + PARK_RECHECK);
+        self.park_check = Some(self.park_check.map_or(wake, |t| t.min(wake)));
+        self.parked.push(job);
+    }
+
+    /// Re-dispatches every parked job (those still suspended park again).
+    pub(crate) fn unpark_all(&mut self) {
+        self.park_check = None;
+        for job in std::mem::take(&mut self.parked) {
+            self.dispatch(job);
+        }
+    }
+
+    pub(crate) fn suspend(
+        &mut self,
+        selector: Selector,
+        duration: Option<Duration>,
+        reason: String,
+    ) -> Suspension {
+        let until_instant = duration.map(|d| Instant::now() + d);
+        let until = duration.map(|d| events::rfc3339(SystemTime::now() + d));
+        let s = Suspension {
+            selector: selector.clone(),
+            reason,
+            until,
+            until_instant,
+        };
+        self.suspensions.retain(|old| old.selector != selector);
+        self.suspensions.push(s.clone());
+        tracing::info!(?selector, reason = %s.reason, until = ?s.until, "delivery suspended");
+        self.recall(&selector);
+        s
+    }
+
+    pub(crate) fn resume(&mut self, selector: &Selector) -> usize {
+        let before = self.suspensions.len();
+        self.suspensions.retain(|s| &s.selector != selector);
+        let removed = before - self.suspensions.len();
+        if removed > 0 {
+            tracing::info!(?selector, "delivery resumed");
+            self.unpark_all();
+        }
+        removed
+    }
+
+    /// Asks ready queues to hand back waiting jobs matching `selector`.
+    fn recall(&mut self, selector: &Selector) {
+        let campaigns: Arc<HashMap<u128, (String, String)>> =
+            if selector.campaign.is_some() || selector.tenant.is_some() {
+                Arc::new(
+                    self.messages
+                        .iter()
+                        .map(|(id, m)| {
+                            (
+                                *id,
+                                (m.envelope.campaign.clone(), m.envelope.tenant.clone()),
+                            )
+                        })
+                        .collect(),
+                )
+            } else {
+                Arc::new(HashMap::new())
+            };
+        for ((source, site), dest) in &self.destinations {
+            if selector.source.as_deref().is_some_and(|s| s != &**source)
+                || selector.site.as_deref().is_some_and(|s| s != &**site)
+            {
+                continue;
+            }
+            let sel = selector.clone();
+            let campaigns = campaigns.clone();
+            let pred = move |job: &Job| {
+                let (campaign, tenant) = campaigns
+                    .get(&job.id)
+                    .map(|(c, t)| (c.as_str(), t.as_str()))
+                    .unwrap_or(("", ""));
+                sel.matches(&Facts {
+                    domain: &job.domain,
+                    site: job.site.as_ref().map(|s| &*s.key),
+                    source: Some(&job.source),
+                    campaign,
+                    tenant,
+                })
+            };
+            let _ = dest.tx.send(DestMsg::Recall(Box::new(pred)));
+        }
+    }
+
+    /// Jobs a ready queue handed back.
+    pub(crate) fn recalled(&mut self, jobs: Vec<Job>) {
+        for job in jobs {
+            self.undispatched(&job);
+            self.dispatch(job);
+        }
+    }
+
+    pub(crate) fn bounce(
+        &mut self,
+        selector: &Selector,
+        dry_run: bool,
+        reason: &str,
+    ) -> BounceResult {
+        let now = SystemTime::now();
+        let mut messages = 0;
+        let mut recipients = 0;
+        let mut touched = Vec::new();
+        for (id, msg) in self.messages.iter_mut() {
+            let mut hit = false;
+            for rcpt in msg.envelope.recipients.iter_mut().filter(|r| !r.done) {
+                let domain = rcpt.domain().to_string();
+                let site = self.sites.get(&domain).map(|(s, _)| s.key.clone());
+                let facts = Facts {
+                    domain: &domain,
+                    site: site.as_deref(),
+                    source: None,
+                    campaign: &msg.envelope.campaign,
+                    tenant: &msg.envelope.tenant,
+                };
+                if !selector.matches(&facts) {
+                    continue;
+                }
+                hit = true;
+                recipients += 1;
+                if dry_run {
+                    continue;
+                }
+                rcpt.done = true;
+                self.events.emit(Event {
+                    kind: Kind::AdminBounce,
+                    time: events::rfc3339(now),
+                    id: format_id(*id),
+                    sender: msg.envelope.sender.clone(),
+                    recipient: rcpt.address.clone(),
+                    size: msg.envelope.size,
+                    queue: domain.clone(),
+                    site: site.as_deref().unwrap_or("").to_string(),
+                    source: String::new(),
+                    attempt: rcpt.attempts,
+                    response: Some(Response {
+                        code: 0,
+                        enhanced: "5.0.0".into(),
+                        text: format!("bounced by the operator: {reason}"),
+                    }),
+                    peer: String::new(),
+                    queue_time_ms: events::epoch_ms(now)
+                        .saturating_sub(msg.envelope.received_at_ms),
+                });
+            }
+            if hit {
+                messages += 1;
+                touched.push(*id);
+            }
+        }
+        if !dry_run {
+            tracing::info!(
+                ?selector,
+                messages,
+                recipients,
+                reason,
+                "administrative bounce"
+            );
+            self.drop_finished_jobs();
+            for id in touched {
+                self.persist(id);
+            }
+            self.recall(selector);
+        }
+        BounceResult {
+            dry_run,
+            messages,
+            recipients,
+        }
+    }
+
+    /// Drops waiting, parked and resolving jobs none of whose recipients is left, so their
+    /// messages can leave the spool now rather than at the job's next retry time.
+    fn drop_finished_jobs(&mut self) {
+        let messages = &mut self.messages;
+        let mut live = |job: &Job| {
+            let keep = messages
+                .get(&job.id)
+                .is_some_and(|m| job.rcpts.iter().any(|&i| !m.envelope.recipients[i].done));
+            if !keep && let Some(m) = messages.get_mut(&job.id) {
+                m.jobs = m.jobs.saturating_sub(1);
+            }
+            keep
+        };
+        self.waiting.retain(|_, job| live(job));
+        self.parked.retain(|job| live(job));
+        for jobs in self.resolving.values_mut() {
+            jobs.retain(|job| live(job));
+        }
+    }
+
+    pub(crate) fn snapshot(&mut self) -> Snapshot {
+        let now_ms = events::epoch_ms(SystemTime::now());
+        let now = Instant::now();
+        self.suspensions
+            .retain(|s| s.until_instant.is_none_or(|u| u > now));
+        let mut by_domain: HashMap<&str, ScheduledView> = HashMap::new();
+        let (mut messages, mut recipients, mut bytes) = (0, 0, 0);
+        for msg in self.messages.values() {
+            messages += 1;
+            bytes += msg.envelope.size;
+            let age = now_ms.saturating_sub(msg.envelope.received_at_ms) / 1000;
+            let mut seen: Vec<&str> = Vec::new();
+            for r in msg.envelope.recipients.iter().filter(|r| !r.done) {
+                recipients += 1;
+                let d = r.domain();
+                let v = by_domain.entry(d).or_insert_with(|| ScheduledView {
+                    domain: d.to_string(),
+                    messages: 0,
+                    recipients: 0,
+                    bytes: 0,
+                    oldest_age_s: 0,
+                    next_attempt_in_s: None,
+                    last_response: None,
+                    parked: 0,
+                    site: None,
+                });
+                v.recipients += 1;
+                v.oldest_age_s = v.oldest_age_s.max(age);
+                if !seen.contains(&d) {
+                    seen.push(d);
+                    v.messages += 1;
+                    v.bytes += msg.envelope.size;
+                }
+            }
+        }
+        let mut next: HashMap<&str, Instant> = HashMap::new();
+        for std::cmp::Reverse((t, seq)) in self.timers.iter() {
+            if let Some(job) = self.waiting.get(seq) {
+                let e = next.entry(job.domain.as_str()).or_insert(*t);
+                *e = (*e).min(*t);
+            }
+        }
+        for (d, t) in next {
+            if let Some(v) = by_domain.get_mut(d) {
+                v.next_attempt_in_s = Some(t.saturating_duration_since(now).as_secs());
+            }
+        }
+        for job in &self.parked {
+            if let Some(v) = by_domain.get_mut(job.domain.as_str()) {
+                v.parked += 1;
+            }
+        }
+        for (d, v) in by_domain.iter_mut() {
+            v.last_response = self.last_response.get(*d).cloned();
+            v.site = self.sites.get(*d).map(|(s, _)| s.key.to_string());
+        }
+        let mut scheduled: Vec<ScheduledView> = by_domain.into_values().collect();
+        scheduled.sort_by(|a, b| {
+            b.recipients
+                .cmp(&a.recipients)
+                .then(a.domain.cmp(&b.domain))
+        });
+        let mut ready: Vec<ReadyView> = self
+            .destinations
+            .iter()
+            .map(|((source, site), d)| ReadyView {
+                source: source.to_string(),
+                site: site.to_string(),
+                queued: d.stats.queued(),
+                connections: d.stats.connections(),
+                outstanding: d.outstanding,
+                max_connections: d.limits.max_connections,
+                max_messages_per_connection: d.limits.max_messages_per_connection,
+                max_message_rate: d.limits.max_message_rate.map(|r| r.to_string()),
+                max_connection_rate: d.limits.max_connection_rate.map(|r| r.to_string()),
+            })
+            .collect();
+        ready.sort_by(|a, b| b.outstanding.cmp(&a.outstanding).then(a.site.cmp(&b.site)));
+        Snapshot {
+            messages,
+            recipients,
+            bytes,
+            scheduled,
+            ready,
+            suspensions: self.suspensions.clone(),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn selectors_match_their_field_only() {
+        let f = Facts {
+            domain: "a.test",
+            site: Some("mx.a.test"),
+            source: Some("ip1"),
+            campaign: "bf",
+            tenant: "acme",
+        };
+        let by = |s: Selector| s.matches(&f);
+        assert!(by(Selector {
+            domain: Some("a.test".into()),
+            ..Default::default()
+        }));
+        assert!(!by(Selector {
+            domain: Some("b.test".into()),
+            ..Default::default()
+        }));
+        assert!(by(Selector {
+            site: Some("mx.a.test".into()),
+            ..Default::default()
+        }));
+        assert!(by(Selector {
+            source: Some("ip1".into()),
+            ..Default::default()
+        }));
+        assert!(!by(Selector {
+            source: Some("ip2".into()),
+            ..Default::default()
+        }));
+        assert!(by(Selector {
+            campaign: Some("bf".into()),
+            ..Default::default()
+        }));
+        assert!(by(Selector {
+            tenant: Some("acme".into()),
+            ..Default::default()
+        }));
+        assert_eq!(
+            Selector {
+                domain: Some("A.Test.".into()),
+                ..Default::default()
+            }
+            .normalized()
+            .domain
+            .as_deref(),
+            Some("a.test")
+        );
+    }
+}
