@@ -10,6 +10,9 @@ Behaviour knobs:
   --tempfail-rcpt SUBSTR answer RCPT TO containing SUBSTR with 450 4.2.1
   --delay SECONDS        wait this long before answering each DATA (keeps connections busy)
   --stats FILE           keep {"connections": now, "max_connections": peak} up to date in FILE
+  --throttle-after N     after N accepted messages, answer MAIL with --throttle-reply for
+                         --throttle-for seconds, then accept again (and so on)
+  --max-concurrent N     answer connections beyond N with "421 4.7.0 Too many connections" 
 Runs until SIGTERM/SIGINT. Listens on 127.0.0.1 only.
 """
 import argparse
@@ -30,6 +33,16 @@ class Handler:
         self.args = args
         self.out = open(args.out, "a", buffering=1)
         self.transactions = 0
+        self.accepted = 0
+        self.throttled_until = 0.0
+
+    async def handle_MAIL(self, server, session, envelope, address, mail_options):
+        now = time.time()
+        if self.args.throttle_after and now < self.throttled_until:
+            return self.args.throttle_reply
+        envelope.mail_from = address
+        envelope.mail_options.extend(mail_options)
+        return "250 2.1.0 OK"
 
     async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
         if self.args.reject_rcpt and self.args.reject_rcpt in address:
@@ -61,6 +74,9 @@ class Handler:
         if self.args.keep_body:
             rec["body"] = data.decode("utf-8", "replace")
         self.out.write(json.dumps(rec) + "\n")
+        self.accepted += 1
+        if self.args.throttle_after and self.accepted % self.args.throttle_after == 0:
+            self.throttled_until = time.time() + self.args.throttle_for
         return "250 2.0.0 OK queued"
 
 
@@ -74,6 +90,10 @@ def main():
     p.add_argument("--keep-body", action="store_true")
     p.add_argument("--delay", type=float, default=0)
     p.add_argument("--stats", default="")
+    p.add_argument("--throttle-after", type=int, default=0)
+    p.add_argument("--throttle-for", type=float, default=2.0)
+    p.add_argument("--throttle-reply", default="421 4.7.28 Rate limited, try again later")
+    p.add_argument("--max-concurrent", type=int, default=0)
     p.add_argument("--tls-cert", default="", help="PEM certificate: offer STARTTLS")
     p.add_argument("--tls-key", default="")
     args = p.parse_args()
@@ -98,12 +118,20 @@ def main():
 
     class CountingSMTP(SMTP):
         def connection_made(self, transport):
+            if args.max_concurrent and conns["now"] >= args.max_concurrent:
+                self._refused = True
+                transport.write(b"421 4.7.0 sink.test Too many connections, try again later\r\n")
+                transport.close()
+                return
+            self._refused = False
             conns["now"] += 1
             conns["max"] = max(conns["max"], conns["now"])
             write_stats()
             super().connection_made(transport)
 
         def connection_lost(self, exc):
+            if getattr(self, "_refused", False):
+                return
             conns["now"] -= 1
             write_stats()
             super().connection_lost(exc)

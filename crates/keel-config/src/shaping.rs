@@ -12,11 +12,13 @@
 
 use std::collections::HashSet;
 use std::net::IpAddr;
+use std::path::Path;
 
 use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::DeliveryConfig;
+use crate::reply_rules::{BUILTIN_REPLY_RULES, ReplyRule, load_reply_rules, parse_reply_rules};
 use crate::raw::Int;
 use crate::units::{Rate, parse_rate};
 use crate::validate::Validator;
@@ -29,6 +31,9 @@ use crate::validate::Validator;
 pub(crate) struct RawShaping {
     pub(crate) default: Option<RawLimits>,
     pub(crate) rule: Option<Vec<Spanned<RawRule>>>,
+    pub(crate) reply_rules: Option<Spanned<String>>,
+    pub(crate) adaptive: Option<Spanned<bool>>,
+    pub(crate) max_ready: Option<Spanned<Int>>,
 }
 
 /// `[shaping.default]`.
@@ -130,6 +135,20 @@ pub struct ShapingRule {
 pub struct ShapingConfig {
     pub default: Limits,
     pub rules: Vec<ShapingRule>,
+    /// Reply rules (the built-in set unless `reply_rules` names a file).
+    pub reply_rules: Vec<ReplyRule>,
+    /// Adaptive shaping (AIMD on throttling replies); on by default.
+    pub adaptive: bool,
+    /// Most jobs handed to one ready queue at a time; more wait in the scheduled queue.
+    pub max_ready: usize,
+}
+
+/// Default for `shaping.max_ready`.
+pub const DEFAULT_MAX_READY: usize = 10_000;
+
+fn builtin_rules() -> Vec<ReplyRule> {
+    // The built-in file is tested to parse; an error here is a build defect.
+    parse_reply_rules(BUILTIN_REPLY_RULES, "built-in reply-rules.toml").unwrap_or_default()
 }
 
 impl ShapingConfig {
@@ -174,6 +193,9 @@ impl ShapingConfig {
                 max_connection_rate: None,
             },
             rules: Vec::new(),
+            reply_rules: builtin_rules(),
+            adaptive: true,
+            max_ready: DEFAULT_MAX_READY,
         }
     }
 }
@@ -274,6 +296,20 @@ impl Validator<'_, '_> {
                     .unwrap_or(None);
             }
         }
+        if let Some(path) = &raw.reply_rules {
+            match load_reply_rules(Path::new(path.get_ref())) {
+                Ok(rules) => shaping.reply_rules = rules,
+                Err(errors) => self.error(
+                    path.span(),
+                    "shaping.reply_rules",
+                    format!("the reply rules file has errors:\n{errors}"),
+                ),
+            }
+        }
+        if let Some(a) = &raw.adaptive {
+            shaping.adaptive = *a.get_ref();
+        }
+        shaping.max_ready = self.count(raw.max_ready.as_ref(), "shaping.max_ready", DEFAULT_MAX_READY);
         for (i, rule) in raw.rule.iter().flatten().enumerate() {
             let key = format!("shaping.rule[{i}]");
             let r = rule.get_ref();

@@ -23,6 +23,11 @@ pub enum Kind {
     Expiration,
     /// Failed by an operator (`keel bounce`).
     AdminBounce,
+    /// Held in the scheduled queue because its ready queue is full (see `action`).
+    Delayed,
+    /// Traffic shaping acted on its own: a reply rule fired, or adaptive shaping changed a
+    /// site's limits. `action` says what and why; `response` is the reply that caused it.
+    ShapingAction,
 }
 
 /// A remote reply, as logged.
@@ -60,6 +65,9 @@ pub struct Event {
     pub peer: String,
     /// Milliseconds since reception.
     pub queue_time_ms: u64,
+    /// For `Delayed` and `ShapingAction`: what was done and why.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
 }
 
 /// RFC 3339 time with millisecond precision, UTC.
@@ -181,6 +189,7 @@ mod tests {
             }),
             peer: "192.0.2.1:25".into(),
             queue_time_ms: 7,
+            action: None,
         };
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["type"], "Bounce");

@@ -271,3 +271,103 @@ fn admin_api_requires_a_token_when_configured() {
     // Health stays open.
     assert_eq!(keel.http_get("/healthz").0, 200);
 }
+
+#[test]
+fn reply_rule_suspends_then_delivery_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = PySink::start(
+        dir.path(),
+        &["--throttle-after", "5", "--throttle-for", "1.5"],
+    );
+    let rules = dir.path().join("rules.toml");
+    std::fs::write(
+        &rules,
+        "[[rule]]\nname = \"test-rate\"\ncode = 421\nenhanced = \"4.7.28\"\naction = \"suspend\"\nduration = \"2s\"\n",
+    )
+    .unwrap();
+    let keel = Keel::start(&Conf {
+        rest: format!(
+            "[[route]]\ndomain = \"*\"\nsmarthost = \"127.0.0.1:{}\"\n\n[retry]\nintervals = [\"1s\"]\nmax_age = \"1h\"\n\n\
+             [shaping]\nreply_rules = \"{}\"\nadaptive = false\n\n[shaping.default]\nmax_connections = 1\n",
+            sink.port,
+            rules.display()
+        ),
+        ..Conf::default()
+    });
+    let status = smtp_source(keel.smtp_port, 1, 12, 300, "r@ruled.test");
+    assert!(status.success());
+    let actions = keel.wait_events("ShapingAction", 1, Duration::from_secs(20));
+    assert!(!actions.is_empty(), "no shaping action; stderr: {}", keel.stderr());
+    let a = &actions[0];
+    assert!(a["action"].as_str().unwrap().contains("suspend for 2s (reply rule test-rate)"), "{a}");
+    assert_eq!(a["response"]["enhanced"], "4.7.28");
+    assert_eq!(a["source"], "default");
+    // While suspended the queue summary shows it.
+    let (ok, out, _) = cli(&keel, &["queue", "--json"]);
+    assert!(ok);
+    let q: Value = serde_json::from_str(&out).unwrap();
+    let sus = q["suspensions"].as_array().unwrap();
+    assert!(
+        sus.is_empty() || sus[0]["reason"].as_str().unwrap().contains("test-rate"),
+        "{q}"
+    );
+    // Everything is delivered once the suspension ends.
+    assert_eq!(sink.wait_count(12, Duration::from_secs(40)).len(), 12);
+    assert_eq!(keel.wait_events("Delivery", 12, Duration::from_secs(5)).len(), 12);
+}
+
+#[test]
+fn adaptive_shaping_cuts_connections_on_refusals_and_recovers() {
+    let dir = tempfile::tempdir().unwrap();
+    let stats = dir.path().join("stats.json");
+    let sink = PySink::start(
+        dir.path(),
+        &["--delay", "0.05", "--max-concurrent", "3", "--stats", stats.to_str().unwrap()],
+    );
+    let rules = dir.path().join("none.toml");
+    std::fs::write(&rules, "# no rules\n").unwrap();
+    let keel = Keel::start(&Conf {
+        rest: format!(
+            "[[route]]\ndomain = \"*\"\nsmarthost = \"127.0.0.1:{}\"\n\n[retry]\nintervals = [\"1s\"]\nmax_age = \"1h\"\n\n\
+             [shaping]\nreply_rules = \"{}\"\n\n[shaping.default]\nmax_connections = 16\nmax_messages_per_connection = 1000\n",
+            sink.port,
+            rules.display()
+        ),
+        ..Conf::default()
+    });
+    let status = smtp_source(keel.smtp_port, 8, 200, 300, "r@busy.test");
+    assert!(status.success());
+    assert_eq!(sink.wait_count(200, Duration::from_secs(90)).len(), 200);
+    let actions = keel.events_of("ShapingAction");
+    let cut = actions
+        .iter()
+        .find(|a| a["action"].as_str().unwrap().contains("cut connections"))
+        .unwrap_or_else(|| panic!("no adaptive cut in {actions:?}"));
+    assert_eq!(cut["queue"], "busy.test");
+    assert!(cut["response"]["text"].as_str().unwrap().contains("Too many connections"));
+    let raised = actions
+        .iter()
+        .any(|a| a["action"].as_str().unwrap().contains("raise connections"));
+    assert!(raised, "no recovery step in {actions:?}");
+}
+
+#[test]
+fn full_ready_queue_holds_jobs_in_the_scheduled_queue() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = PySink::start(dir.path(), &["--delay", "0.1"]);
+    let keel = Keel::start(&Conf {
+        rest: format!(
+            "[[route]]\ndomain = \"*\"\nsmarthost = \"127.0.0.1:{}\"\n\n[shaping]\nmax_ready = 2\n\n\
+             [shaping.default]\nmax_connections = 1\n",
+            sink.port
+        ),
+        ..Conf::default()
+    });
+    let status = smtp_source(keel.smtp_port, 4, 12, 300, "r@full.test");
+    assert!(status.success());
+    assert_eq!(sink.wait_count(12, Duration::from_secs(30)).len(), 12);
+    let delayed = keel.events_of("Delayed");
+    assert!(!delayed.is_empty(), "no Delayed event");
+    assert!(delayed[0]["action"].as_str().unwrap().contains("is full"));
+    assert_eq!(keel.wait_events("Delivery", 12, Duration::from_secs(5)).len(), 12);
+}

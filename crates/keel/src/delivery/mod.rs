@@ -50,6 +50,7 @@ pub struct Context {
     pub queue: QueueHandle,
     pub resolver: Resolver,
     pub tls: Option<Arc<rustls::ClientConfig>>,
+    pub events: crate::events::EventSink,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
 }
@@ -71,6 +72,105 @@ pub enum DestMsg {
     WorkerExit,
     /// Hand back every waiting job this matches (suspension, administrative bounce).
     Recall(Box<dyn Fn(&Job) -> bool + Send>),
+    /// A reply rule limits this queue to `rate` until `until`.
+    Throttle {
+        rate: keel_config::Rate,
+        until: Instant,
+    },
+    /// How a transaction went, for adaptive shaping.
+    Feedback(Feedback),
+}
+
+/// What a finished transaction (or connection attempt) says about the site's mood.
+#[derive(Debug, Clone)]
+pub enum Feedback {
+    /// The site accepted mail.
+    Accepted,
+    /// The site pushed back: a throttling reply or a refused connection.
+    Throttled(Response),
+    /// Nothing to learn (e.g. an unknown user).
+    Neutral,
+}
+
+/// Whether a failure looks like the site slowing us down rather than refusing a recipient.
+fn is_throttling(r: &Response) -> bool {
+    if r.code == 421 || r.enhanced.starts_with("4.7.") {
+        return true;
+    }
+    if r.code == 0 {
+        // Local conditions: a refused or timed-out connection is the site pushing back.
+        let t = r.text.to_ascii_lowercase();
+        return t.contains("refused") || t.contains("timed out") || t.contains("reset");
+    }
+    if r.code / 100 != 4 {
+        return false;
+    }
+    let t = r.text.to_ascii_lowercase();
+    [
+        "too many",
+        "rate limit",
+        "throttl",
+        "try again later",
+        "temporarily deferred",
+        "exceeded",
+    ]
+    .iter()
+    .any(|p| t.contains(p))
+}
+
+/// Adaptive shaping (AIMD) state of one ready queue: the concurrency in force, cut in half
+/// on a throttling signal (at most once per `CUT_SPACING`), raised by one per
+/// `RAISE_EVERY` accepted transactions, never above the configured maximum.
+#[derive(Debug)]
+struct Adaptive {
+    enabled: bool,
+    max: usize,
+    current: usize,
+    last_cut: Option<Instant>,
+    accepted_since_change: u32,
+}
+
+const CUT_SPACING: Duration = Duration::from_secs(10);
+const RAISE_EVERY: u32 = 20;
+
+impl Adaptive {
+    fn new(enabled: bool, max: usize) -> Self {
+        Adaptive {
+            enabled,
+            max: max.max(1),
+            current: max.max(1),
+            last_cut: None,
+            accepted_since_change: 0,
+        }
+    }
+
+    /// Returns the new concurrency if it changed.
+    fn throttled(&mut self, now: Instant) -> Option<usize> {
+        if !self.enabled || self.last_cut.is_some_and(|t| now.duration_since(t) < CUT_SPACING) {
+            return None;
+        }
+        self.last_cut = Some(now);
+        self.accepted_since_change = 0;
+        let next = (self.current / 2).max(1);
+        (next != self.current).then(|| {
+            self.current = next;
+            next
+        })
+    }
+
+    /// Returns the new concurrency if it changed.
+    fn accepted(&mut self) -> Option<usize> {
+        if !self.enabled || self.current >= self.max {
+            return None;
+        }
+        self.accepted_since_change += 1;
+        if self.accepted_since_change < RAISE_EVERY {
+            return None;
+        }
+        self.accepted_since_change = 0;
+        self.current += 1;
+        Some(self.current)
+    }
 }
 
 /// Counters a ready queue publishes for the queue summary (read without asking the task).
@@ -78,9 +178,23 @@ pub enum DestMsg {
 pub struct ReadyStats {
     queued: AtomicUsize,
     connections: AtomicUsize,
+    effective_max_connections: AtomicUsize,
+    /// The reply-rule throttle in force, if any (e.g. "300/h until 12:00:00Z").
+    throttle: std::sync::Mutex<Option<String>>,
 }
 
 impl ReadyStats {
+    pub fn effective_max_connections(&self) -> usize {
+        self.effective_max_connections.load(Ordering::Relaxed)
+    }
+
+    pub fn throttle(&self) -> Option<String> {
+        self.throttle
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
     pub fn queued(&self) -> usize {
         self.queued.load(Ordering::Relaxed)
     }
@@ -99,7 +213,13 @@ pub fn spawn_ready_queue(
     ctx: Arc<Context>,
 ) -> mpsc::UnboundedSender<DestMsg> {
     let (tx, rx) = mpsc::unbounded_channel();
+    stats
+        .effective_max_connections
+        .store(limits.max_connections, Ordering::Relaxed);
     let dest = DestinationTask {
+        adaptive: Adaptive::new(ctx.cfg.shaping.adaptive, limits.max_connections),
+        throttle: None,
+        last_job: None,
         stats,
         source: Arc::new(source),
         msg_limiter: rate::optional(limits.max_message_rate, 1),
@@ -119,6 +239,11 @@ pub fn spawn_ready_queue(
 }
 
 struct DestinationTask {
+    adaptive: Adaptive,
+    /// A reply rule's rate limit, until its end.
+    throttle: Option<(Limiter, Instant)>,
+    /// Domain and site of the last job seen, to name this queue in events.
+    last_job: Option<(String, Arc<str>, Arc<str>)>,
     stats: Arc<ReadyStats>,
     source: Arc<EgressSource>,
     limits: Limits,
@@ -160,7 +285,28 @@ impl DestinationTask {
             };
             let Some(msg) = msg else { break };
             match msg {
-                DestMsg::Job(job) => self.queue.push_back(job),
+                DestMsg::Job(job) => {
+                    if self.last_job.is_none() {
+                        self.last_job = Some((
+                            job.domain.clone(),
+                            job.site.as_ref().map_or_else(|| Arc::from(""), |s| s.key.clone()),
+                            job.source.clone(),
+                        ));
+                    }
+                    self.queue.push_back(job)
+                }
+                DestMsg::Throttle { rate, until } => {
+                    self.throttle = Some((Limiter::new(rate, 1), until));
+                    *self
+                        .stats
+                        .throttle
+                        .lock()
+                        .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(format!(
+                        "{rate} for {}s",
+                        until.saturating_duration_since(Instant::now()).as_secs()
+                    ));
+                }
+                DestMsg::Feedback(f) => self.feedback(f),
                 DestMsg::Next(reply) => self.idle.push(reply),
                 DestMsg::WorkerExit => self.workers = self.workers.saturating_sub(1),
                 DestMsg::Recall(pred) => {
@@ -192,6 +338,9 @@ impl DestinationTask {
                         response.clone(),
                         site.clone(),
                     ));
+                    if is_throttling(&response) {
+                        self.feedback(Feedback::Throttled(response.clone()));
+                    }
                     self.fail(job, status, response, site);
                 }
             }
@@ -217,6 +366,51 @@ impl DestinationTask {
             };
             self.fail(job, Status::Expired, r, String::new());
         }
+    }
+
+    /// Applies adaptive shaping to a transaction's outcome.
+    fn feedback(&mut self, f: Feedback) {
+        let now = Instant::now();
+        let (changed, why) = match &f {
+            Feedback::Accepted => (self.adaptive.accepted(), None),
+            Feedback::Throttled(r) => (self.adaptive.throttled(now), Some(r.clone())),
+            Feedback::Neutral => (None, None),
+        };
+        let Some(current) = changed else { return };
+        self.stats
+            .effective_max_connections
+            .store(current, Ordering::Relaxed);
+        let (domain, site, source) = self
+            .last_job
+            .clone()
+            .unwrap_or_else(|| (String::new(), Arc::from(""), Arc::from("")));
+        let action = match &why {
+            Some(_) => format!(
+                "adaptive: cut connections to {current} of {} after a throttling signal",
+                self.adaptive.max
+            ),
+            None => format!(
+                "adaptive: raise connections to {current} of {} while the site accepts mail",
+                self.adaptive.max
+            ),
+        };
+        tracing::info!(%site, %source, %action, "shaping");
+        self.ctx.events.emit(crate::events::Event {
+            kind: crate::events::Kind::ShapingAction,
+            time: crate::events::rfc3339(std::time::SystemTime::now()),
+            id: String::new(),
+            sender: String::new(),
+            recipient: String::new(),
+            size: 0,
+            queue: domain,
+            site: site.to_string(),
+            source: source.to_string(),
+            attempt: 0,
+            response: why,
+            peer: String::new(),
+            queue_time_ms: 0,
+            action: Some(action),
+        });
     }
 
     fn wake(&mut self, at: Instant) {
@@ -245,9 +439,22 @@ impl DestinationTask {
             self.idle.clear();
             return;
         }
-        let max = self.limits.max_connections.max(1);
+        let max = self.adaptive.current.max(1);
         let now = Instant::now();
         self.idle.retain(|w| !w.is_closed());
+        // Adaptive shaping lowered the limit: let surplus idle connections go.
+        let mut surplus = self.workers.saturating_sub(max);
+        while surplus > 0 && self.idle.pop().is_some() {
+            surplus -= 1;
+        }
+        if self.throttle.as_ref().is_some_and(|(_, until)| now >= *until) {
+            self.throttle = None;
+            *self
+                .stats
+                .throttle
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        }
         while !self.queue.is_empty() {
             // A slot first: an idle connection, or room (and connection rate) for a new one.
             let reuse = !self.idle.is_empty();
@@ -260,12 +467,18 @@ impl DestinationTask {
                     break;
                 }
             }
-            // Then the message rate.
-            if let Some(l) = self.msg_limiter.as_mut()
-                && let Err(at) = l.try_acquire(now)
-            {
+            // Then the message rates: the configured one and a reply rule's throttle.
+            let throttle_wait = self.throttle.as_ref().and_then(|(l, _)| l.check(now).err());
+            let msg_wait = self.msg_limiter.as_ref().and_then(|l| l.check(now).err());
+            if let Some(at) = throttle_wait.into_iter().chain(msg_wait).max() {
                 self.wake(at);
                 break;
+            }
+            if let Some((l, _)) = self.throttle.as_mut() {
+                let _ = l.try_acquire(now);
+            }
+            if let Some(l) = self.msg_limiter.as_mut() {
+                let _ = l.try_acquire(now);
             }
             let Some(job) = self.queue.pop_front() else {
                 break;
@@ -485,7 +698,7 @@ impl Worker {
             rcpts: &job.addresses,
             body: &body,
         };
-        let results = match conn.send(&msg).await {
+        let results: Vec<RcptResult> = match conn.send(&msg).await {
             Ok(replies) => replies
                 .into_iter()
                 .map(|r| RcptResult {
@@ -505,6 +718,17 @@ impl Worker {
                     .collect()
             }
         };
+        let feedback = if results.iter().any(|r| r.status == Status::Delivered) {
+            Feedback::Accepted
+        } else if let Some(r) = results
+            .iter()
+            .find(|r| r.status == Status::Transient && is_throttling(&r.response))
+        {
+            Feedback::Throttled(r.response.clone())
+        } else {
+            Feedback::Neutral
+        };
+        let _ = self.dest.send(DestMsg::Feedback(feedback));
         self.ctx.queue.report(Outcome {
             job,
             results,

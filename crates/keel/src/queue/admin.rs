@@ -121,7 +121,14 @@ pub struct ReadyView {
     pub connections: usize,
     /// Jobs handed to this queue whose outcome is not back yet (queued + in delivery).
     pub outstanding: usize,
+    /// Jobs waiting because this queue is full (`shaping.max_ready`).
+    pub backlog: usize,
     pub max_connections: usize,
+    /// The concurrency adaptive shaping allows right now (≤ `max_connections`).
+    pub effective_max_connections: usize,
+    /// A reply rule's throttle in force.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub throttle: Option<String>,
     pub max_messages_per_connection: usize,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub max_message_rate: Option<String>,
@@ -319,6 +326,7 @@ impl QueueManager {
                     peer: String::new(),
                     queue_time_ms: events::epoch_ms(now)
                         .saturating_sub(msg.envelope.received_at_ms),
+                    action: None,
                 });
             }
             if hit {
@@ -438,7 +446,10 @@ impl QueueManager {
                 queued: d.stats.queued(),
                 connections: d.stats.connections(),
                 outstanding: d.outstanding,
+                backlog: d.backlog.len(),
                 max_connections: d.limits.max_connections,
+                effective_max_connections: d.stats.effective_max_connections(),
+                throttle: d.stats.throttle(),
                 max_messages_per_connection: d.limits.max_messages_per_connection,
                 max_message_rate: d.limits.max_message_rate.map(|r| r.to_string()),
                 max_connection_rate: d.limits.max_connection_rate.map(|r| r.to_string()),

@@ -17,6 +17,7 @@
 pub mod admin;
 pub mod job;
 pub mod retry;
+mod shaping;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -111,6 +112,8 @@ struct Message {
 
 struct Destination {
     tx: mpsc::UnboundedSender<DestMsg>,
+    /// Jobs held back because `outstanding` reached `shaping.max_ready`.
+    backlog: std::collections::VecDeque<Job>,
     stats: Arc<delivery::ReadyStats>,
     limits: keel_config::Limits,
     /// Jobs dispatched to it whose outcome has not come back yet.
@@ -182,6 +185,7 @@ pub struct QueueManager {
     park_check: Option<Instant>,
     /// The last failure reply per domain, for the queue summary.
     last_response: HashMap<String, Response>,
+    rule_state: shaping::RuleState,
     handle: QueueHandle,
     delivery: Arc<delivery::Context>,
     shutdown: CancellationToken,
@@ -214,6 +218,7 @@ impl QueueManager {
             parked: Vec::new(),
             park_check: None,
             last_response: HashMap::new(),
+            rule_state: shaping::RuleState::default(),
             sites: HashMap::new(),
             resolving: HashMap::new(),
             pools,
@@ -463,11 +468,24 @@ impl QueueManager {
                         ),
                         stats,
                         limits,
+                        backlog: Default::default(),
                         outstanding: 0,
                         idle_since: None,
                     })
                 }
             };
+            if dest.outstanding >= self.cfg.shaping.max_ready {
+                // The ready queue is full: the job waits here, in order, until one comes back.
+                let action = format!(
+                    "ready queue {}/{} is full ({} jobs); waiting in the scheduled queue",
+                    key.0, key.1, dest.outstanding
+                );
+                self.emit_delayed(&job, action);
+                if let Some(dest) = self.destinations.get_mut(&key) {
+                    dest.backlog.push_back(job);
+                }
+                return;
+            }
             match dest.tx.send(DestMsg::Job(job)) {
                 Ok(()) => {
                     dest.outstanding += 1;
@@ -487,7 +505,7 @@ impl QueueManager {
         }
     }
 
-    /// Counts a job as back from its ready queue.
+    /// Counts a job as back from its ready queue, and lets a held-back one in.
     fn undispatched(&mut self, job: &Job) {
         let key = job
             .site
@@ -497,9 +515,42 @@ impl QueueManager {
             && let Some(d) = self.destinations.get_mut(&key)
         {
             d.outstanding = d.outstanding.saturating_sub(1);
-            if d.outstanding == 0 {
+            if d.outstanding == 0 && d.backlog.is_empty() {
                 d.idle_since = Some(Instant::now());
             }
+            if let Some(next) = d.backlog.pop_front() {
+                self.dispatch(next);
+            }
+        }
+    }
+
+    /// One `Delayed` event per recipient of a job held in the scheduled queue.
+    fn emit_delayed(&self, job: &Job, action: String) {
+        let Some(msg) = self.messages.get(&job.id) else {
+            return;
+        };
+        let now = SystemTime::now();
+        for addr in &job.addresses {
+            self.events.emit(Event {
+                kind: Kind::Delayed,
+                time: events::rfc3339(now),
+                id: format_id(job.id),
+                sender: msg.envelope.sender.clone(),
+                recipient: addr.clone(),
+                size: msg.envelope.size,
+                queue: job.domain.clone(),
+                site: job
+                    .site
+                    .as_ref()
+                    .map_or_else(String::new, |s| s.key.to_string()),
+                source: job.source.to_string(),
+                attempt: job.attempt,
+                response: None,
+                peer: String::new(),
+                queue_time_ms: events::epoch_ms(now)
+                    .saturating_sub(msg.envelope.received_at_ms),
+                action: Some(action.clone()),
+            });
         }
     }
 
@@ -548,6 +599,25 @@ impl QueueManager {
         } = outcome;
         if dispatched {
             self.undispatched(&job);
+        }
+        if let Some(site) = job.site.clone() {
+            let mut seen: Vec<(u16, &str)> = Vec::new();
+            let failures: Vec<Response> = results
+                .iter()
+                .filter(|r| matches!(r.status, Status::Transient | Status::Permanent))
+                .filter(|r| {
+                    let k = (r.response.code, r.response.text.as_str());
+                    let new = !seen.contains(&k);
+                    if new {
+                        seen.push(k);
+                    }
+                    new
+                })
+                .map(|r| r.response.clone())
+                .collect();
+            for response in failures {
+                self.check_reply_rules(&job.domain, &site, &job.source, &response);
+            }
         }
         let Some(msg) = self.messages.get_mut(&job.id) else {
             return;
@@ -600,6 +670,7 @@ impl QueueManager {
                 response: Some(result.response),
                 peer: peer.clone(),
                 queue_time_ms,
+                action: None,
             });
         }
         msg.jobs = msg.jobs.saturating_sub(1);
