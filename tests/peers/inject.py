@@ -22,6 +22,8 @@ def main():
     p.add_argument("--size", type=int, default=2000)
     p.add_argument("--deadline", type=float, default=300)
     p.add_argument("--tag", default="t")
+    p.add_argument("--domains", type=int, default=0,
+                   help="spread recipients over this many domains (r<n>@d<n mod N>.test)")
     args = p.parse_args()
 
     acked = open(args.acked, "a", buffering=1)
@@ -39,14 +41,15 @@ def main():
                 n = next_n[0]
                 next_n[0] += 1
             mid = "<%s-%d@inject.test>" % (args.tag, n)
+            rcpt = "r%d@d%d.test" % (n, n % args.domains) if args.domains else args.rcpt
             msg = ("From: sender@src.test\r\nTo: %s\r\nSubject: message %d\r\n"
-                   "Message-ID: %s\r\n\r\n%s" % (args.rcpt, n, mid, filler))
+                   "Message-ID: %s\r\n\r\n%s" % (rcpt, n, mid, filler))
             while time.time() < end:
                 try:
                     if conn is None:
                         conn = smtplib.SMTP("127.0.0.1", args.port, timeout=30)
                         conn.ehlo("inject.test")
-                    conn.sendmail("sender@src.test", [args.rcpt], msg.encode())
+                    conn.sendmail("sender@src.test", [rcpt], msg.encode())
                     acked.write(mid + "\n")
                     break
                 except (OSError, smtplib.SMTPException):

@@ -371,3 +371,34 @@ fn full_ready_queue_holds_jobs_in_the_scheduled_queue() {
     assert!(delayed[0]["action"].as_str().unwrap().contains("is full"));
     assert_eq!(keel.wait_events("Delivery", 12, Duration::from_secs(5)).len(), 12);
 }
+
+#[test]
+fn warmup_cap_overflows_to_the_other_source() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = PySink::start(dir.path(), &[]);
+    let keel = Keel::start(&Conf {
+        rest: format!(
+            "[[route]]\ndomain = \"*\"\nsmarthost = \"127.0.0.1:{}\"\n\n\
+             [[egress.source]]\nname = \"new\"\nbind = \"127.0.0.2\"\nwarmup = [\"3/day\", \"10/day\"]\n\n\
+             [[egress.source]]\nname = \"old\"\nbind = \"127.0.0.3\"\n\n\
+             [[egress.pool]]\nname = \"default\"\nsources = [{{ name = \"new\", weight = 10 }}, {{ name = \"old\", weight = 1 }}]\n",
+            sink.port
+        ),
+        ..Conf::default()
+    });
+    let status = smtp_source(keel.smtp_port, 2, 12, 300, "r@warm.test");
+    assert!(status.success());
+    let recs = sink.wait_count(12, Duration::from_secs(30));
+    assert_eq!(recs.len(), 12);
+    let from = |ip: &str| recs.iter().filter(|r| r["peer"] == ip).count();
+    // The new address takes its weight's share only up to today's cap of 3.
+    assert_eq!(from("127.0.0.2"), 3);
+    assert_eq!(from("127.0.0.3"), 9);
+    // The schedule is kept beside the spool and survives a restart.
+    let state = std::fs::read_to_string(keel.dir.join("egress-warmup.json")).ok();
+    let mut keel = keel;
+    keel.terminate(Duration::from_secs(15));
+    let state = state.or_else(|| std::fs::read_to_string(keel.dir.join("egress-warmup.json")).ok());
+    let v: Value = serde_json::from_str(&state.expect("warm-up state file")).unwrap();
+    assert_eq!(v["new"]["count"], 3);
+}

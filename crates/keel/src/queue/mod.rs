@@ -18,6 +18,7 @@ pub mod admin;
 pub mod job;
 pub mod retry;
 mod shaping;
+pub mod warmup;
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -144,18 +145,33 @@ impl PoolPicker {
         }
     }
 
-    fn pick(&mut self) -> Arc<str> {
-        let total: i64 = self.members.iter().map(|m| m.1).sum();
-        for m in &mut self.members {
-            m.2 += m.1;
+    /// The next source among those `allowed` (warm-up caps); `None` if none is.
+    fn pick(&mut self, allowed: impl Fn(&str) -> bool) -> Option<Arc<str>> {
+        let ok: Vec<bool> = self.members.iter().map(|m| allowed(&m.0)).collect();
+        let total: i64 = self
+            .members
+            .iter()
+            .zip(&ok)
+            .filter(|(_, ok)| **ok)
+            .map(|(m, _)| m.1)
+            .sum();
+        if total == 0 {
+            return None;
+        }
+        for (m, ok) in self.members.iter_mut().zip(&ok) {
+            if *ok {
+                m.2 += m.1;
+            }
         }
         let best = self
             .members
             .iter_mut()
-            .max_by_key(|m| m.2)
-            .expect("a pool has at least one source");
+            .zip(&ok)
+            .filter(|(_, ok)| **ok)
+            .map(|(m, _)| m)
+            .max_by_key(|m| m.2)?;
         best.2 -= total;
-        best.0.clone()
+        Some(best.0.clone())
     }
 }
 
@@ -186,6 +202,7 @@ pub struct QueueManager {
     /// The last failure reply per domain, for the queue summary.
     last_response: HashMap<String, Response>,
     rule_state: shaping::RuleState,
+    warmup: warmup::Warmup,
     handle: QueueHandle,
     delivery: Arc<delivery::Context>,
     shutdown: CancellationToken,
@@ -219,6 +236,7 @@ impl QueueManager {
             park_check: None,
             last_response: HashMap::new(),
             rule_state: shaping::RuleState::default(),
+            warmup: warmup::Warmup::load(warmup::Warmup::path_for(&cfg.spool.dir)),
             sites: HashMap::new(),
             resolving: HashMap::new(),
             pools,
@@ -270,6 +288,7 @@ impl QueueManager {
                 _ = self.shutdown.cancelled() => break,
             }
         }
+        self.warmup.save();
         tracing::debug!(messages = self.messages.len(), "queue manager stopped");
     }
 
@@ -304,7 +323,8 @@ impl QueueManager {
                     .collect::<Vec<_>>()
             })
             .collect();
-        let source = self.pick_source(&envelope.pool);
+        // Chosen when each job is first dispatched (warm-up caps are checked then).
+        let source: Arc<str> = Arc::from("");
         let mut jobs = Vec::with_capacity(by_domain.len());
         for (domain, rcpts) in by_domain {
             let attempt = rcpts
@@ -346,8 +366,9 @@ impl QueueManager {
         }
     }
 
-    /// The egress source for a message of `pool` (unknown or empty: the default pool).
-    fn pick_source(&mut self, pool: &str) -> Arc<str> {
+    /// The egress source for a message of `pool` (unknown or empty: the default pool), among
+    /// the pool's sources not held back by their warm-up cap; `None` if all are.
+    fn pick_source(&mut self, pool: &str) -> Option<Arc<str>> {
         let name = if pool.is_empty() || !self.pools.contains_key(pool) {
             if !pool.is_empty() {
                 tracing::warn!(
@@ -359,10 +380,18 @@ impl QueueManager {
         } else {
             pool
         };
-        match self.pools.get_mut(name) {
-            Some(p) => p.pick(),
-            None => Arc::from(keel_config::DEFAULT_EGRESS),
+        let day = warmup::today();
+        let cfg = self.cfg.clone();
+        let warm = &self.warmup;
+        let allowed = |s: &str| cfg.egress.source(s).is_none_or(|src| warm.allows(src, day));
+        let picked = match self.pools.get_mut(name) {
+            Some(p) => p.pick(allowed),
+            None => Some(Arc::from(keel_config::DEFAULT_EGRESS)),
+        }?;
+        if let Some(src) = cfg.egress.source(&picked) {
+            self.warmup.count(src, day);
         }
+        Some(picked)
     }
 
     pub(crate) fn dispatch(&mut self, mut job: Job) {
@@ -395,6 +424,21 @@ impl QueueManager {
                 String::new(),
             );
             return self.outcome_counted(outcome, false);
+        }
+        if job.source.is_empty() {
+            let pool = self
+                .messages
+                .get(&job.id)
+                .map(|m| m.envelope.pool.clone())
+                .unwrap_or_default();
+            match self.pick_source(&pool) {
+                Some(s) => job.source = s,
+                None => {
+                    // Every source of the pool reached its warm-up cap for today.
+                    tracing::debug!(pool, "egress pool at its warm-up caps; job waits for tomorrow");
+                    return self.schedule(job, warmup::until_tomorrow());
+                }
+            }
         }
         if let Some((site, until)) = self.sites.get(&job.domain)
             && Instant::now() < *until
@@ -558,6 +602,7 @@ impl QueueManager {
     /// the task once its idle connections close, so memory does not grow with the number of
     /// domains ever seen. A destination in use keeps its warm connections.
     fn sweep_destinations(&mut self) {
+        self.warmup.save();
         let keep = self.cfg.delivery.idle_timeout.max(SWEEP_INTERVAL);
         let now = Instant::now();
         self.destinations.retain(|_, d| {
