@@ -380,17 +380,30 @@ impl DestinationTask {
         self.stats
             .effective_max_connections
             .store(current, Ordering::Relaxed);
+        // A configured message rate follows the concurrency in the same proportion.
+        let rate_note = match self.limits.max_message_rate {
+            Some(r) => {
+                let scaled = keel_config::Rate {
+                    count: ((u64::from(r.count) * current as u64) / self.adaptive.max as u64)
+                        .max(1) as u32,
+                    per: r.per,
+                };
+                self.msg_limiter = Some(Limiter::new(scaled, 1));
+                format!(" and the message rate to {scaled}")
+            }
+            None => String::new(),
+        };
         let (domain, site, source) = self
             .last_job
             .clone()
             .unwrap_or_else(|| (String::new(), Arc::from(""), Arc::from("")));
         let action = match &why {
             Some(_) => format!(
-                "adaptive: cut connections to {current} of {} after a throttling signal",
+                "adaptive: cut connections to {current} of {}{rate_note} after a throttling signal",
                 self.adaptive.max
             ),
             None => format!(
-                "adaptive: raise connections to {current} of {} while the site accepts mail",
+                "adaptive: raise connections to {current} of {}{rate_note} while the site accepts mail",
                 self.adaptive.max
             ),
         };
@@ -751,5 +764,52 @@ fn classify(r: &Response) -> Status {
         2 => Status::Delivered,
         5 => Status::Permanent,
         _ => Status::Transient,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test(start_paused = true)]
+    async fn aimd_halves_on_throttle_and_adds_back_slowly() {
+        let mut a = Adaptive::new(true, 16);
+        let t0 = Instant::now();
+        assert_eq!(a.throttled(t0), Some(8));
+        // A burst of throttling replies cuts once per spacing, not once per reply.
+        assert_eq!(a.throttled(t0 + Duration::from_secs(1)), None);
+        assert_eq!(a.throttled(t0 + CUT_SPACING), Some(4));
+        for _ in 0..RAISE_EVERY - 1 {
+            assert_eq!(a.accepted(), None);
+        }
+        assert_eq!(a.accepted(), Some(5));
+        // Never below one, never above the maximum.
+        let mut t = t0 + CUT_SPACING;
+        for _ in 0..10 {
+            t += CUT_SPACING;
+            a.throttled(t);
+        }
+        assert_eq!(a.current, 1);
+        for _ in 0..(RAISE_EVERY * 40) {
+            a.accepted();
+        }
+        assert_eq!(a.current, 16);
+        let mut off = Adaptive::new(false, 16);
+        assert_eq!(off.throttled(t0), None);
+    }
+
+    #[test]
+    fn throttling_signals() {
+        let r = |code, enhanced: &str, text: &str| Response {
+            code,
+            enhanced: enhanced.into(),
+            text: text.into(),
+        };
+        assert!(is_throttling(&r(421, "4.7.0", "Try again later")));
+        assert!(is_throttling(&r(451, "4.7.500", "Server busy")));
+        assert!(is_throttling(&r(450, "", "Too many messages, slow down")));
+        assert!(is_throttling(&r(0, "4.4.1", "connect: Connection refused (os error 111)")));
+        assert!(!is_throttling(&r(450, "4.2.2", "Mailbox full")));
+        assert!(!is_throttling(&r(550, "5.1.1", "User unknown")));
     }
 }
