@@ -34,7 +34,7 @@ smarthost = "127.0.0.1:$DEAD"
 intervals = ["6h"]
 max_age = "3d"
 CONF
-"$root/target/release/keel" serve --config "$T/keel.toml" 2>"$T/keel.err" &
+KEEL_LOG=${KEEL_LOG:-info,keel::queue=debug} "$root/target/release/keel" serve --config "$T/keel.toml" 2>"$T/keel.err" &
 PID=$!
 for _ in $(seq 1 100); do curl -sf "http://127.0.0.1:$HTTP/healthz" >/dev/null && break; sleep 0.1; done
 echo "injecting $N messages over $D domains..."
@@ -43,9 +43,12 @@ python3 "$root/tests/peers/inject.py" --port "$SMTP" --count "$N" --threads 16 -
     --domains "$D" --acked "$T/acked" --deadline 1800 --tag qs
 echo "injected in $(echo "$(date +%s.%N) - $start" | bc) s"
 sleep 2
-for i in 1 2 3 4 5; do
-    curl -s -o "$T/q.json" -w "GET /api/v1/queues: %{time_total} s, %{size_download} bytes\n" \
-        "http://127.0.0.1:$HTTP/api/v1/queues"
+for limit in 50 1000 0; do
+    for i in 1 2 3; do
+        curl -s -o "$T/q.json" -w "GET /api/v1/queues?limit=$limit: %{time_total} s, %{size_download} bytes\n" \
+            "http://127.0.0.1:$HTTP/api/v1/queues?limit=$limit"
+    done
 done
 python3 -c "import json,sys; q=json.load(open('$T/q.json')); print('messages', q['messages'], 'scheduled queues', len(q['scheduled']), 'ready queues', len(q['ready']))"
 grep -o 'VmHWM:.*' /proc/$PID/status | sed 's/^/keel peak RSS /'
+grep -o 'elapsed_us=[0-9]*' "$T/keel.err" | sed 's/^/server-side summary computation: /' | tail -9

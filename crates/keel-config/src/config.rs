@@ -12,6 +12,7 @@ use ipnet::IpNet;
 
 use crate::addr::{HostPort, RouteDomain};
 use crate::defaults as d;
+pub use crate::log::LogConfig;
 use crate::shaping::{EgressConfig, ShapingConfig};
 use crate::smtp_auth::{SmtpUser, TlsFiles};
 
@@ -38,6 +39,9 @@ pub struct Config {
     pub shaping: ShapingConfig,
     /// `[egress]`: source addresses and pools for outbound connections.
     pub egress: EgressConfig,
+    /// `[[dkim]]`: signing keys, names normalised, key paths resolved (relative to the
+    /// config file's directory), each key checked loadable. In file order.
+    pub dkim: Vec<keel_dkim::DkimKeyConfig>,
     /// The file this came from; `None` for the embedded defaults or text
     /// given to [`Config::parse`].
     pub source: Option<PathBuf>,
@@ -106,14 +110,6 @@ pub struct HttpConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SpoolConfig {
     /// Spool directory, as written: a relative path is relative to the
-    /// daemon's working directory, not to the config file.
-    pub dir: PathBuf,
-}
-
-/// `[log]`: where JSON-lines event logs are written.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct LogConfig {
-    /// Log directory, as written: a relative path is relative to the
     /// daemon's working directory, not to the config file.
     pub dir: PathBuf,
 }
@@ -212,6 +208,7 @@ impl Default for Config {
             retry: RetryConfig::default(),
             shaping: ShapingConfig::from_delivery(&DeliveryConfig::default()),
             egress: EgressConfig::default(),
+            dkim: Vec::new(),
             source: None,
         }
     }
@@ -262,14 +259,6 @@ impl Default for SpoolConfig {
     fn default() -> Self {
         Self {
             dir: PathBuf::from(d::SPOOL_DIR),
-        }
-    }
-}
-
-impl Default for LogConfig {
-    fn default() -> Self {
-        Self {
-            dir: PathBuf::from(d::LOG_DIR),
         }
     }
 }

@@ -53,6 +53,13 @@ pub const HTTP_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::L
 pub const SPOOL_DIR: &str = "keel-data/spool";
 /// `log.dir`, relative to the daemon's working directory.
 pub const LOG_DIR: &str = "keel-data/log";
+/// `log.rotate_size`: big enough that a busy node rotates a few times an hour, small enough
+/// that one segment compresses in about a second.
+pub const LOG_ROTATE_SIZE: u64 = 256 * 1024 * 1024;
+/// `log.rotate_interval`: one file per UTC day on a quiet node.
+pub const LOG_ROTATE_INTERVAL: Duration = Duration::from_secs(24 * 60 * 60);
+/// `log.retention`: a month of history for "what happened to my mail" questions.
+pub const LOG_RETENTION: Duration = Duration::from_secs(30 * 24 * 60 * 60);
 
 /// `delivery.port`: the SMTP port of MX hosts.
 pub const DELIVERY_PORT: u16 = 25;

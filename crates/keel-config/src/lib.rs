@@ -106,6 +106,19 @@
 //! [log]
 //! # Directory of the JSON-lines event logs. Relative paths as for spool.dir.
 //! dir = "keel-data/log"
+//! # The live log is <dir>/events.jsonl. It is rotated -- renamed to
+//! # events-<UTC time>.jsonl, then compressed to .jsonl.zst in the background
+//! # -- once it holds rotate_size bytes, and whenever the clock passes a
+//! # multiple of rotate_interval (UTC: "1d" rotates at midnight, "1h" on the
+//! # hour; an empty file is not rotated). Each may be "none"; the interval is
+//! # at least 1s. A size is as for smtp.max_message_size.
+//! rotate_size = "256MB"
+//! rotate_interval = "1d"
+//! # Rotated segments older than this are deleted; "none" keeps them.
+//! retention = "30d"
+//! # At most this many rotated segments are kept, the oldest deleted first
+//! # (integer >= 1). Default: no count limit.
+//! # max_files = 200
 //!
 //! [dns]
 //! # Name servers for MX/A/AAAA lookups: "ip" (port 53) or "ip:port" /
@@ -173,6 +186,18 @@
 //! max_message_rate = "none"
 //! max_connection_rate = "none"
 //!
+//! [shaping]
+//! # Reply rules file (format documented in the built-in one,
+//! # crates/keel-config/reply-rules.toml); default: the built-in rules for the largest
+//! # providers. A relative path is relative to the working directory.
+//! # reply_rules = "/etc/keel/reply-rules.toml"
+//! # Adaptive shaping: halve a site's connections (and rate) on throttling
+//! # replies, recover step by step while it accepts mail again.
+//! adaptive = true
+//! # Most jobs handed to one ready queue; more wait in the scheduled queue
+//! # (with a Delayed event).
+//! max_ready = 10000
+//!
 //! # Rules override the defaults for matching sites, in file order (later
 //! # wins). Each needs exactly one of `domain` (recipient domain) or
 //! # `mx_suffix` (any MX host name of the site ends with it), plus any of the
@@ -196,6 +221,24 @@
 //! # [[egress.pool]]
 //! # name = "default"
 //! # sources = [{ name = "ip1", weight = 2 }]
+//!
+//! # DKIM signing keys: zero or more [[dkim]] tables, each with all three
+//! # keys. Mail whose From domain is `domain`, or a subdomain of it, is
+//! # signed (the most specific configured domain wins; several selectors for
+//! # one domain all sign, e.g. an RSA and an Ed25519 key). `keel dkim keygen`
+//! # writes a key and prints the DNS TXT record to publish.
+//! # domain: a DNS name (IDN allowed; stored as lowercase A-labels).
+//! # selector: a DNS label sequence; the key is looked up by verifiers at
+//! #   <selector>._domainkey.<domain>. Each (domain, selector) pair once.
+//! # key: an unencrypted PKCS#8 PEM private key, RSA 2048-4096 bits or
+//! #   Ed25519. A relative path is relative to THIS FILE's directory (not to
+//! #   the working directory). The key is read and checked when the config is
+//! #   loaded, so `keel check-config` reports a bad key at its line.
+//! #
+//! # [[dkim]]
+//! # domain = "acme.example"
+//! # selector = "s1"
+//! # key = "keys/acme.pem"
 //! ```
 //!
 //! # Modules
@@ -210,10 +253,13 @@
 mod addr;
 mod config;
 pub mod defaults;
+mod dkim;
 mod error;
 mod load;
 mod location;
+mod log;
 mod raw;
+mod reply_rules;
 mod shaping;
 mod smtp_auth;
 pub mod units;
@@ -233,6 +279,11 @@ pub use config::{
     SmtpConfig, SmtpServerTimeouts, SpoolConfig, StartTls,
 };
 pub use error::{ConfigError, ConfigErrors, InvalidValue};
+/// One `[[dkim]]` entry as the signer takes it (re-exported so callers need not name keel-dkim).
+pub use keel_dkim::DkimKeyConfig;
+pub use reply_rules::{
+    BUILTIN_REPLY_RULES, Pattern, ReplyRule, RuleAction, load_reply_rules, parse_reply_rules,
+};
 pub use shaping::{
     DEFAULT_EGRESS, EgressConfig, EgressPool, EgressSource, Limits, ShapingConfig, ShapingRule,
     SiteMatch,

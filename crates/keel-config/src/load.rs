@@ -20,7 +20,7 @@ use crate::raw::{RawConfig, RawRoute, RawRouteEntry};
 use crate::validate::validate;
 
 /// The top-level tables, in the order the docs list them.
-const SECTIONS: &str = "smtp, http, spool, log, dns, delivery, route, retry, shaping, egress";
+const SECTIONS: &str = "smtp, http, spool, log, dns, delivery, route, retry, shaping, egress, dkim";
 
 /// Reads, parses and validates the file at `path`.
 pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
@@ -34,18 +34,25 @@ pub(crate) fn load(path: &Path) -> Result<Config, ConfigErrors> {
             message: format!("cannot read config file: {e}"),
         }])
     })?;
-    let mut config = parse(&text, &file)?;
+    let mut config = parse_in(&text, &file, path.parent())?;
     config.source = Some(path.to_path_buf());
     Ok(config)
 }
 
 /// Parses and validates config text; `file` is only used in messages.
 pub(crate) fn parse(text: &str, file: &str) -> Result<Config, ConfigErrors> {
+    parse_in(text, file, None)
+}
+
+/// Parses and validates config text; relative DKIM key paths are resolved against
+/// `config_dir` (the config file's directory) when given.
+fn parse_in(text: &str, file: &str, config_dir: Option<&Path>) -> Result<Config, ConfigErrors> {
     let mut reporter = Reporter::new(file, text);
     let config = match DeTable::parse(text) {
         Ok(document) => {
             let index = KeyIndex::new(document.get_ref());
-            let raw = split_sections(document.into_inner(), &index, &mut reporter);
+            let mut raw = split_sections(document.into_inner(), &index, &mut reporter);
+            raw.config_dir = config_dir.map(Path::to_path_buf);
             Some(validate(raw, &mut reporter))
         }
         Err(e) => {
@@ -91,6 +98,7 @@ fn split_sections(
             "retry" => raw.retry = section(value, index, reporter),
             "shaping" => raw.shaping = section(value, index, reporter),
             "egress" => raw.egress = section(value, index, reporter),
+            "dkim" => raw.dkim = crate::dkim::entries(value, index, reporter),
             "route" => raw.routes = routes(value, index, reporter),
             _ => {
                 let what = if value.get_ref().is_table() {
@@ -126,7 +134,7 @@ where
 /// is retried. Each round removes one node, so this ends; the key names in
 /// the reports come from `index`, built from the untouched document. `None`
 /// if the value as a whole is unusable (say, `smtp = 5`).
-fn deserialize_collecting<'de, T>(
+pub(crate) fn deserialize_collecting<'de, T>(
     mut value: Spanned<DeValue<'de>>,
     index: &KeyIndex,
     reporter: &mut Reporter<'_>,

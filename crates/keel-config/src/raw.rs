@@ -56,7 +56,7 @@ pub(crate) struct RawHttp {
     pub(crate) api_tokens: Option<Vec<Spanned<String>>>,
 }
 
-/// `[spool]` and `[log]`: both are just a directory.
+/// `[spool]`: just a directory (`[log]` is `crate::log::RawLog`).
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields, expecting = "a table")]
 pub(crate) struct RawDir {
@@ -122,7 +122,7 @@ pub(crate) struct RawConfig {
     pub(crate) smtp: RawSmtp,
     pub(crate) http: RawHttp,
     pub(crate) spool: RawDir,
-    pub(crate) log: RawDir,
+    pub(crate) log: crate::log::RawLog,
     pub(crate) dns: RawDns,
     pub(crate) delivery: RawDelivery,
     /// Each route with its index in the `route` array and the span of its
@@ -131,6 +131,11 @@ pub(crate) struct RawConfig {
     pub(crate) retry: RawRetry,
     pub(crate) shaping: crate::shaping::RawShaping,
     pub(crate) egress: crate::shaping::RawEgress,
+    /// Each `[[dkim]]` with its index and header span.
+    pub(crate) dkim: Vec<crate::dkim::RawDkimEntry>,
+    /// The config file's directory, which relative DKIM key paths are resolved against;
+    /// `None` for text given to `Config::parse`.
+    pub(crate) config_dir: Option<std::path::PathBuf>,
 }
 
 /// A `[[route]]` table with where it is.

@@ -164,7 +164,10 @@ pub fn parse_reply_rules(text: &str, file: &str) -> Result<Vec<ReplyRule>, Confi
                 Duration::from_secs(60)
             }
             None => {
-                fail("duration", "missing key `duration` (how long the action lasts)".into());
+                fail(
+                    "duration",
+                    "missing key `duration` (how long the action lasts)".into(),
+                );
                 Duration::from_secs(60)
             }
         };
@@ -286,29 +289,57 @@ mod tests {
         };
         let google = ["gmail-smtp-in.l.google.com"];
         assert_eq!(
-            first(&google, 421, "4.7.28", "Our system has detected an unusual rate of unsolicited mail originating from your IP address."),
+            first(
+                &google,
+                421,
+                "4.7.28",
+                "Our system has detected an unusual rate of unsolicited mail originating from your IP address."
+            ),
             Some("gmail-rate-limited")
         );
         assert_eq!(
-            first(&google, 421, "4.7.0", "Try again later, closing connection."),
+            first(
+                &google,
+                421,
+                "4.7.0",
+                "Try again later, closing connection."
+            ),
             Some("gmail-try-later")
         );
         let yahoo = ["mta5.am0.yahoodns.net"];
         assert_eq!(
-            first(&yahoo, 421, "4.7.0", "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"),
+            first(
+                &yahoo,
+                421,
+                "4.7.0",
+                "[TSS04] Messages from 192.0.2.1 temporarily deferred due to unexpected volume or user complaints - 4.16.55.1; see https://postmaster.yahooinc.com/error-codes"
+            ),
             Some("yahoo-tss04")
         );
         let ms = ["example-com.mail.protection.outlook.com"];
         assert_eq!(
-            first(&ms, 451, "4.7.500", "Server busy. Please try again later from [192.0.2.1]. (S77714)"),
+            first(
+                &ms,
+                451,
+                "4.7.500",
+                "Server busy. Please try again later from [192.0.2.1]. (S77714)"
+            ),
             Some("microsoft-server-busy")
         );
         assert_eq!(
-            first(&["mx.example.org"], 421, "", "Too many connections from your host"),
+            first(
+                &["mx.example.org"],
+                421,
+                "",
+                "Too many connections from your host"
+            ),
             Some("too-many-connections")
         );
         // An ordinary deferral matches nothing.
-        assert_eq!(first(&google, 451, "4.3.0", "Temporary local problem"), None);
+        assert_eq!(
+            first(&google, 451, "4.3.0", "Temporary local problem"),
+            None
+        );
         // Google's rule does not fire for other providers' hosts.
         assert_eq!(first(&yahoo, 421, "4.7.28", "unusual rate"), None);
     }
@@ -317,7 +348,9 @@ mod tests {
     fn errors_name_rule_and_key() {
         let text = "[[rule]]\nname = \"x\"\nregex = \"(\"\naction = \"throttle\"\nduration = \"1h\"\n\n\
                     [[rule]]\nname = \"y\"\ncode = 421\naction = \"explode\"\nduration = \"0s\"\ntrigger = \"many\"\n";
-        let e = parse_reply_rules(text, "rules.toml").unwrap_err().to_string();
+        let e = parse_reply_rules(text, "rules.toml")
+            .unwrap_err()
+            .to_string();
         for needle in [
             "rules.toml:1:1: rule[0].regex: invalid regex",
             "rule[0].rate: throttle needs `rate`",

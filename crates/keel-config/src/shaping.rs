@@ -18,8 +18,8 @@ use serde::Deserialize;
 use toml::Spanned;
 
 use crate::config::DeliveryConfig;
-use crate::reply_rules::{BUILTIN_REPLY_RULES, ReplyRule, load_reply_rules, parse_reply_rules};
 use crate::raw::Int;
+use crate::reply_rules::{BUILTIN_REPLY_RULES, ReplyRule, load_reply_rules, parse_reply_rules};
 use crate::units::{Rate, parse_rate};
 use crate::validate::Validator;
 
@@ -309,7 +309,11 @@ impl Validator<'_, '_> {
         if let Some(a) = &raw.adaptive {
             shaping.adaptive = *a.get_ref();
         }
-        shaping.max_ready = self.count(raw.max_ready.as_ref(), "shaping.max_ready", DEFAULT_MAX_READY);
+        shaping.max_ready = self.count(
+            raw.max_ready.as_ref(),
+            "shaping.max_ready",
+            DEFAULT_MAX_READY,
+        );
         for (i, rule) in raw.rule.iter().flatten().enumerate() {
             let key = format!("shaping.rule[{i}]");
             let r = rule.get_ref();

@@ -254,7 +254,7 @@ fn unknown_top_level_table_and_key() {
     assert_eq!((line, column, key.as_str()), (2, 2, "smtpd"));
     assert_eq!(
         message,
-        "unknown table [smtpd]; the top-level tables are: smtp, http, spool, log, dns, delivery, route, retry, shaping, egress"
+        "unknown table [smtpd]; the top-level tables are: smtp, http, spool, log, dns, delivery, route, retry, shaping, egress, dkim"
     );
     let (line, column, key, message) = only_error("listen = \"127.0.0.1:25\"\n");
     assert_eq!((line, column, key.as_str()), (1, 1, "listen"));
@@ -576,4 +576,15 @@ fn load_reads_a_file_and_records_its_path() {
             .starts_with(&format!("{}: cannot read config file: ", missing.display())),
         "{errors}"
     );
+}
+
+/// `contrib/keel.toml`, the commented production sample, must stay a valid file.
+#[test]
+fn sample_production_config_is_valid() {
+    let text = include_str!("../../../contrib/keel.toml");
+    let c = parse_ok(text);
+    assert_eq!(c.spool.dir, PathBuf::from("/var/lib/keel/spool"));
+    assert_eq!(c.log.dir, PathBuf::from("/var/log/keel"));
+    assert_eq!(c.log.max_files, Some(400));
+    assert_eq!(c.smtp.hostname, "mta1.example.com");
 }

@@ -15,7 +15,7 @@ use toml::Spanned;
 
 use crate::addr::{self, HostPort, RouteDomain};
 use crate::config::{
-    Config, DeliveryConfig, DeliveryTimeouts, DnsConfig, HttpConfig, LogConfig, RetryConfig, Route,
+    Config, DeliveryConfig, DeliveryTimeouts, DnsConfig, HttpConfig, RetryConfig, Route,
     SmtpConfig, SmtpServerTimeouts, SpoolConfig, StartTls,
 };
 use crate::defaults as d;
@@ -39,15 +39,14 @@ pub(crate) fn validate(raw: RawConfig, reporter: &mut Reporter<'_>) -> Config {
         spool: SpoolConfig {
             dir: v.dir(&raw.spool, "spool.dir", d::SPOOL_DIR),
         },
-        log: LogConfig {
-            dir: v.dir(&raw.log, "log.dir", d::LOG_DIR),
-        },
+        log: v.log(&raw.log),
         dns: v.dns(&raw.dns),
         delivery: v.delivery(&raw.delivery),
         routes: v.routes(&raw.routes),
         retry: v.retry(&raw.retry),
         shaping: crate::shaping::ShapingConfig::from_delivery(&DeliveryConfig::default()),
         egress: v.egress(&raw.egress),
+        dkim: v.dkim(&raw.dkim, raw.config_dir.as_deref()),
         source: None,
     };
     let mut config = config;

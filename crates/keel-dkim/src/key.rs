@@ -44,6 +44,13 @@ pub(crate) struct LoadedKey {
     pub(crate) key_type: KeyType,
 }
 
+/// Reads and checks the key file at `path` without keeping the key: what `keel check-config`
+/// and the configuration loader use to report a bad key at its `[[dkim]]` entry. Accepts
+/// exactly what [`crate::Signers::load`] accepts.
+pub fn check_key_file(path: &Path) -> Result<KeyType, DkimError> {
+    load_key_file(path).map(|loaded| loaded.key_type)
+}
+
 /// Reads and parses the key file at `path`; errors name the file.
 pub(crate) fn load_key_file(path: &Path) -> Result<LoadedKey, DkimError> {
     let wrap = |problem| DkimError::Key {

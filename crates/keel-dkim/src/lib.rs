@@ -49,6 +49,18 @@ mod keygen;
 mod sign;
 
 pub use error::{DkimError, KeyProblem, MessageProblem};
-pub use key::KeyType;
+pub use key::{KeyType, check_key_file};
 pub use keygen::{Algorithm, GeneratedKey, keygen};
 pub use sign::{DkimKeyConfig, KeyInfo, SIGNED_HEADERS, Signers};
+
+/// Checks a signing domain as [`Signers::load`] does and returns its canonical form (lowercase
+/// A-labels, no trailing dot), so a configuration loader can report a bad name at its own key
+/// and detect duplicates the way the signer will see them.
+pub fn normalize_domain(input: &str) -> Result<String, String> {
+    domain::normalize_name(input, "domain")
+}
+
+/// Checks a selector as [`Signers::load`] does and returns its canonical form.
+pub fn normalize_selector(input: &str) -> Result<String, String> {
+    domain::normalize_name(input, "selector")
+}

@@ -177,10 +177,16 @@ fn s(v: &Value) -> String {
 }
 
 /// `keel queue`.
-pub fn queue(api: Api) -> ExitCode {
+pub fn queue(api: Api, limit: usize) -> ExitCode {
     run(async move {
         let c = Client::new(&api)?;
-        let v = c.call(reqwest::Method::GET, "/api/v1/queues", None).await?;
+        let v = c
+            .call(
+                reqwest::Method::GET,
+                &format!("/api/v1/queues?limit={limit}"),
+                None,
+            )
+            .await?;
         if api.json {
             println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
             return Ok(());
@@ -227,7 +233,11 @@ pub fn queue(api: Api) -> ExitCode {
                 last,
             ]);
         }
-        println!("Scheduled queues\n{t}");
+        println!(
+            "Scheduled queues ({} of {})\n{t}",
+            v["scheduled"].as_array().map_or(0, Vec::len),
+            s(&v["scheduled_queues"])
+        );
         let mut t = Table::new();
         t.load_style(UTF8_FULL_CONDENSED).set_header(vec![
             "source",
@@ -251,7 +261,11 @@ pub fn queue(api: Api) -> ExitCode {
                 s(&q["max_connection_rate"]),
             ]);
         }
-        println!("Ready queues\n{t}");
+        println!(
+            "Ready queues ({} of {})\n{t}",
+            v["ready"].as_array().map_or(0, Vec::len),
+            s(&v["ready_queues"])
+        );
         let sus = v["suspensions"].as_array().cloned().unwrap_or_default();
         if !sus.is_empty() {
             let mut t = Table::new();

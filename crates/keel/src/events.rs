@@ -5,13 +5,27 @@
 //! never blocks: records go over an unbounded channel to the single writer task, which batches
 //! them into the log file and flushes whenever the channel runs dry (so a reader sees an event
 //! within milliseconds, and a burst costs one write per batch, not per event).
+//!
+//! The log is rotated by size and time (`[log] rotate_size`, `rotate_interval`) between two
+//! lines, compressed with zstd on a background thread and deleted by `retention` /
+//! `max_files`; `keel logs` reads it back. The parts: [`segment`] (file names, listing,
+//! opening), [`rotate`] (when), `writer` (the thread that owns the live file), `archiver`
+//! (compression and retention), `compress` (zstd), [`tail`] (reading and following across
+//! rotations).
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
 
+use keel_config::LogConfig;
 use serde::Serialize;
 use tokio::sync::mpsc;
+
+mod archiver;
+mod compress;
+mod rotate;
+pub mod segment;
+pub mod tail;
+mod writer;
 
 /// Kinds of state change.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -114,52 +128,43 @@ impl EventSink {
     }
 }
 
-/// The file events are written to inside the log directory.
+/// The live file events are written to inside the log directory.
 pub fn log_path(dir: &Path) -> PathBuf {
-    dir.join("events.jsonl")
+    dir.join(segment::LIVE)
 }
 
-/// Opens (appending) the event log and spawns its writer on a dedicated thread, so file
-/// writes never stall the async runtime. The returned join handle ends after every sink is
-/// dropped and the remaining records are flushed.
-pub fn start_log(dir: &Path) -> anyhow::Result<(EventSink, std::thread::JoinHandle<()>)> {
+/// Opens (appending) the event log and spawns its writer and archiver threads, so file
+/// writes and compression never stall the async runtime. The returned join handle ends after
+/// every sink is dropped, the remaining records are flushed and fsynced, and the archiver has
+/// compressed what was rotated.
+pub fn start_log(cfg: &LogConfig) -> anyhow::Result<(EventSink, std::thread::JoinHandle<()>)> {
     use anyhow::Context;
+    let dir = &cfg.dir;
     std::fs::create_dir_all(dir)
         .with_context(|| format!("creating log directory {}", dir.display()))?;
-    let path = log_path(dir);
-    let file = std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(&path)
-        .with_context(|| format!("opening event log {}", path.display()))?;
-    let (sink, mut rx) = EventSink::channel();
+    let retention = archiver::Retention {
+        max_age: cfg.retention,
+        max_files: cfg.max_files,
+    };
+    let (archive, archiver) = archiver::Archiver::new(dir, retention)
+        .spawn()
+        .context("starting the event log archiver")?;
+    let writer = writer::Writer::open(dir, rotate::Policy::from_config(cfg), archive)
+        .with_context(|| format!("opening event log {}", log_path(dir).display()))?;
+    let (sink, rx) = EventSink::channel();
     let handle = std::thread::Builder::new()
         .name("keel-events".into())
         .spawn(move || {
-            let mut out = std::io::BufWriter::with_capacity(256 * 1024, file);
-            while let Some(ev) = rx.blocking_recv() {
-                write_event(&mut out, &ev);
-                while let Ok(ev) = rx.try_recv() {
-                    write_event(&mut out, &ev);
-                }
-                if let Err(e) = out.flush() {
-                    tracing::error!(error = %e, "cannot write the event log");
-                }
-            }
-            let _ = out.flush();
+            writer.run(rx);
+            // The writer dropped its sender: the archiver finishes its queue and ends.
+            let _ = archiver.join();
         })
         .context("starting the event log writer")?;
     Ok((sink, handle))
 }
 
-fn write_event(out: &mut impl Write, ev: &Event) {
-    if serde_json::to_writer(&mut *out, ev).is_ok() {
-        let _ = out.write_all(b"\n");
-    }
-}
-
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     #[test]
@@ -169,9 +174,10 @@ mod tests {
         assert_eq!(rfc5322(t), "Wed, 18 Nov 2026 11:06:40 +0000");
     }
 
-    #[test]
-    fn serialises_with_contract_field_names() {
-        let ev = Event {
+    /// A complete event for tests; override fields with `Event { id, ..sample() }`, so a new
+    /// field is added in one place.
+    pub(crate) fn sample() -> Event {
+        Event {
             kind: Kind::Bounce,
             time: "t".into(),
             id: "i".into(),
@@ -190,7 +196,12 @@ mod tests {
             peer: "192.0.2.1:25".into(),
             queue_time_ms: 7,
             action: None,
-        };
+        }
+    }
+
+    #[test]
+    fn serialises_with_contract_field_names() {
+        let ev = sample();
         let v: serde_json::Value = serde_json::to_value(&ev).unwrap();
         assert_eq!(v["type"], "Bounce");
         assert_eq!(v["response"]["enhanced"], "5.1.1");

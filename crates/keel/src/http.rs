@@ -4,7 +4,8 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/healthz` | alive (no token) |
-//! | GET | `/api/v1/queues` | every scheduled and ready queue, suspensions |
+//! | GET | `/readyz` | 200 `{"status":"ready"}` when accepting mail; 503 with `recovering` or `draining` (no token) |
+//! | GET | `/api/v1/queues?limit=N` | totals, the N busiest scheduled and ready queues (default 1000, 0: all), suspensions |
 //! | POST | `/api/v1/suspend` | `{domain\|site\|source\|campaign\|tenant, duration?, reason?}` |
 //! | POST | `/api/v1/resume` | `{domain\|site\|source\|campaign\|tenant}` |
 //! | POST | `/api/v1/bounce` | `{domain\|site\|campaign\|tenant, dry_run?, reason?}` |
@@ -30,22 +31,35 @@ use tokio_util::sync::CancellationToken;
 
 use crate::queue::admin::Selector;
 use crate::queue::{Command, QueueHandle};
+use crate::readiness::{Phase, Readiness};
 
 /// What the handlers share.
 #[derive(Clone)]
 pub struct AppState {
     pub queue: QueueHandle,
     pub tokens: Arc<Vec<String>>,
+    pub readiness: Arc<Readiness>,
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
     axum::Json(json!({ "status": "ok" }))
 }
 
+/// For load balancers: 200 only while mail is accepted (see `crate::readiness`).
+async fn readyz(State(state): State<AppState>) -> Response {
+    let phase = state.readiness.get();
+    let status = match phase {
+        Phase::Ready => StatusCode::OK,
+        Phase::Recovering | Phase::Draining => StatusCode::SERVICE_UNAVAILABLE,
+    };
+    (status, axum::Json(json!({ "status": phase.as_str() }))).into_response()
+}
+
 /// The HTTP routes.
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
         .route("/api/v1/queues", get(queues))
         .route("/api/v1/suspend", post(suspend))
         .route("/api/v1/resume", post(resume))
@@ -160,15 +174,26 @@ fn unavailable() -> ApiError {
     )
 }
 
+/// `?limit=N`: how many of the busiest queues to list (default 1000; 0: all).
+#[derive(Debug, Default, Deserialize)]
+struct QueuesQuery {
+    limit: Option<usize>,
+}
+
 async fn queues(
     State(state): State<AppState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     headers: HeaderMap,
+    query: Result<axum::extract::Query<QueuesQuery>, axum::extract::rejection::QueryRejection>,
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, peer)?;
+    let limit = match query {
+        Ok(q) => q.0.limit.unwrap_or(1000),
+        Err(e) => return Err(ApiError::bad(e.body_text(), "limit")),
+    };
     let snapshot = state
         .queue
-        .ask(Command::Snapshot)
+        .ask(|reply| Command::Snapshot { limit, reply })
         .await
         .ok_or_else(unavailable)?;
     Ok(axum::Json(snapshot).into_response())

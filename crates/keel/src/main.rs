@@ -3,12 +3,15 @@
 
 mod cli;
 mod delivery;
+mod dkim_cli;
 mod envelope;
 mod events;
 mod http;
 mod ingress;
+mod logs_cli;
 mod passwd;
 mod queue;
+mod readiness;
 mod serve;
 
 use std::path::PathBuf;
@@ -39,8 +42,16 @@ enum Command {
     },
     /// Read a password on standard input and print its argon2id hash for [[smtp.user]].
     Passwd,
-    /// Show every scheduled and ready queue, with limits and suspensions.
+    /// DKIM signing keys: `keel dkim keygen --domain D --selector S`.
+    Dkim {
+        #[command(subcommand)]
+        command: dkim_cli::DkimCommand,
+    },
+    /// Show the busiest scheduled and ready queues, with limits and suspensions.
     Queue {
+        /// How many of the busiest queues to show (0: all).
+        #[arg(long, default_value_t = 50)]
+        limit: usize,
         #[command(flatten)]
         api: cli::Api,
     },
@@ -77,6 +88,8 @@ enum Command {
         #[command(flatten)]
         api: cli::Api,
     },
+    /// Print the event log (rotated and live files, oldest first), filtered; --follow tails it.
+    Logs(logs_cli::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -84,7 +97,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Serve { config } => serve::main(config),
         Command::Passwd => passwd::main(),
-        Command::Queue { api } => cli::queue(api),
+        Command::Dkim { command } => dkim_cli::main(command),
+        Command::Queue { limit, api } => cli::queue(api, limit),
         Command::Suspend {
             target,
             duration,
@@ -98,6 +112,7 @@ fn main() -> ExitCode {
             reason,
             api,
         } => cli::bounce(api, target, dry_run, reason),
+        Command::Logs(args) => logs_cli::main(args),
         Command::CheckConfig { path } => match keel_config::Config::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());

@@ -4,7 +4,9 @@
 //! listener binds, and every recovered message is handed to the queue manager before new mail
 //! is accepted. Shutdown runs the other way: listeners stop accepting, sessions finish the
 //! message they are receiving (bounded), delivery workers finish their transaction (bounded),
-//! then the spool is flushed and closed and the event log drained.
+//! then the spool is flushed and closed and the event log drained. The HTTP listener is up
+//! from the start to the end of all this, so `/readyz` tells a load balancer "recovering",
+//! "ready" and "draining" in turn.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -23,6 +25,7 @@ use crate::delivery::{self, mx::Resolver};
 use crate::envelope::Envelope;
 use crate::ingress::smtp::{self, Ingress};
 use crate::queue::{self, QueueManager};
+use crate::readiness::{Phase, Readiness};
 use crate::{events, http};
 
 /// How long shutdown waits for sessions and deliveries in progress.
@@ -73,6 +76,32 @@ fn init_tracing() {
 
 async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    // A key that cannot be loaded stops the daemon before it opens the spool or accepts mail.
+    let dkim = keel_dkim::Signers::load(&cfg.dkim).context("loading the [[dkim]] signing keys")?;
+    for k in dkim.keys() {
+        tracing::info!(domain = %k.domain, selector = %k.selector, key = ?k.key_type, "DKIM key loaded");
+    }
+
+    // HTTP comes up first, so that `/readyz` answers "recovering" (503) while the spool is
+    // recovered, and it stays up until the drain is over, answering "draining".
+    let shutdown = CancellationToken::new();
+    let http_shutdown = CancellationToken::new();
+    let readiness = Arc::new(Readiness::default());
+    let (queue_handle, queue_rx) = queue::channel();
+    let http_listener = TcpListener::bind(cfg.http.listen)
+        .await
+        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
+    tracing::info!(addr = %cfg.http.listen, "HTTP listening");
+    let http_state = http::AppState {
+        queue: queue_handle.clone(),
+        tokens: Arc::new(cfg.http.api_tokens.clone()),
+        readiness: readiness.clone(),
+    };
+    let http_task = tokio::spawn(http::serve(
+        http_listener,
+        http_state,
+        http_shutdown.clone(),
+    ));
 
     let spool_dir = cfg.spool.dir.clone();
     let (spool, recovered) =
@@ -81,11 +110,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             .context("spool recovery task")?
             .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
 
-    let (events, events_thread) = events::start_log(&cfg.log.dir)?;
-    let shutdown = CancellationToken::new();
+    let (events, events_thread) = events::start_log(&cfg.log)?;
     let tracker = TaskTracker::new();
 
-    let (queue_handle, queue_rx) = queue::channel();
     let resolver = Resolver::new(&cfg.dns.nameservers).context("setting up DNS resolution")?;
     let tls = match cfg.delivery.starttls {
         keel_config::StartTls::Opportunistic => Some(delivery::tls::opportunistic_client_config()),
@@ -97,6 +124,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         queue: queue_handle.clone(),
         resolver,
         tls,
+        events: events.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
     });
@@ -134,6 +162,7 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         tracker: tracker.clone(),
         connections: Arc::new(Semaphore::new(cfg.smtp.max_connections.max(1))),
         access: smtp::Access::from_config(&cfg)?,
+        dkim,
     });
     let mut listeners = Vec::new();
     for addr in &cfg.smtp.listen {
@@ -150,23 +179,15 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         tracing::info!(%addr, "SMTP (implicit TLS) listening");
         listeners.push(tokio::spawn(smtp::serve_implicit_tls(l, ingress.clone())));
     }
-    let http_listener = TcpListener::bind(cfg.http.listen)
-        .await
-        .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
-    tracing::info!(addr = %cfg.http.listen, "HTTP listening");
-    let http_state = http::AppState {
-        queue: queue_handle.clone(),
-        tokens: Arc::new(cfg.http.api_tokens.clone()),
-    };
-    let http_task = tokio::spawn(http::serve(http_listener, http_state, shutdown.clone()));
+    readiness.set(Phase::Ready);
 
     wait_for_signal().await;
     tracing::info!("shutting down: no new connections; finishing messages in progress");
+    readiness.set(Phase::Draining);
     shutdown.cancel();
     for l in listeners {
         let _ = l.await;
     }
-    let _ = http_task.await;
     tracker.close();
     if tokio::time::timeout(DRAIN_TIMEOUT, tracker.wait())
         .await
@@ -177,6 +198,8 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         );
     }
     let _ = manager_task.await;
+    http_shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), http_task).await;
     drop(ingress);
     let spool_close = spool.clone();
     tokio::task::spawn_blocking(move || spool_close.close())

@@ -297,9 +297,19 @@ fn reply_rule_suspends_then_delivery_resumes() {
     let status = smtp_source(keel.smtp_port, 1, 12, 300, "r@ruled.test");
     assert!(status.success());
     let actions = keel.wait_events("ShapingAction", 1, Duration::from_secs(20));
-    assert!(!actions.is_empty(), "no shaping action; stderr: {}", keel.stderr());
+    assert!(
+        !actions.is_empty(),
+        "no shaping action; stderr: {}",
+        keel.stderr()
+    );
     let a = &actions[0];
-    assert!(a["action"].as_str().unwrap().contains("suspend for 2s (reply rule test-rate)"), "{a}");
+    assert!(
+        a["action"]
+            .as_str()
+            .unwrap()
+            .contains("suspend for 2s (reply rule test-rate)"),
+        "{a}"
+    );
     assert_eq!(a["response"]["enhanced"], "4.7.28");
     assert_eq!(a["source"], "default");
     // While suspended the queue summary shows it.
@@ -313,7 +323,11 @@ fn reply_rule_suspends_then_delivery_resumes() {
     );
     // Everything is delivered once the suspension ends.
     assert_eq!(sink.wait_count(12, Duration::from_secs(40)).len(), 12);
-    assert_eq!(keel.wait_events("Delivery", 12, Duration::from_secs(5)).len(), 12);
+    assert_eq!(
+        keel.wait_events("Delivery", 12, Duration::from_secs(5))
+            .len(),
+        12
+    );
 }
 
 #[test]
@@ -322,7 +336,14 @@ fn adaptive_shaping_cuts_connections_on_refusals_and_recovers() {
     let stats = dir.path().join("stats.json");
     let sink = PySink::start(
         dir.path(),
-        &["--delay", "0.05", "--max-concurrent", "3", "--stats", stats.to_str().unwrap()],
+        &[
+            "--delay",
+            "0.05",
+            "--max-concurrent",
+            "3",
+            "--stats",
+            stats.to_str().unwrap(),
+        ],
     );
     let rules = dir.path().join("none.toml");
     std::fs::write(&rules, "# no rules\n").unwrap();
@@ -344,7 +365,12 @@ fn adaptive_shaping_cuts_connections_on_refusals_and_recovers() {
         .find(|a| a["action"].as_str().unwrap().contains("cut connections"))
         .unwrap_or_else(|| panic!("no adaptive cut in {actions:?}"));
     assert_eq!(cut["queue"], "busy.test");
-    assert!(cut["response"]["text"].as_str().unwrap().contains("Too many connections"));
+    assert!(
+        cut["response"]["text"]
+            .as_str()
+            .unwrap()
+            .contains("Too many connections")
+    );
     let raised = actions
         .iter()
         .any(|a| a["action"].as_str().unwrap().contains("raise connections"));
@@ -369,7 +395,11 @@ fn full_ready_queue_holds_jobs_in_the_scheduled_queue() {
     let delayed = keel.events_of("Delayed");
     assert!(!delayed.is_empty(), "no Delayed event");
     assert!(delayed[0]["action"].as_str().unwrap().contains("is full"));
-    assert_eq!(keel.wait_events("Delivery", 12, Duration::from_secs(5)).len(), 12);
+    assert_eq!(
+        keel.wait_events("Delivery", 12, Duration::from_secs(5))
+            .len(),
+        12
+    );
 }
 
 #[test]

@@ -146,7 +146,11 @@ impl Adaptive {
 
     /// Returns the new concurrency if it changed.
     fn throttled(&mut self, now: Instant) -> Option<usize> {
-        if !self.enabled || self.last_cut.is_some_and(|t| now.duration_since(t) < CUT_SPACING) {
+        if !self.enabled
+            || self
+                .last_cut
+                .is_some_and(|t| now.duration_since(t) < CUT_SPACING)
+        {
             return None;
         }
         self.last_cut = Some(now);
@@ -289,7 +293,9 @@ impl DestinationTask {
                     if self.last_job.is_none() {
                         self.last_job = Some((
                             job.domain.clone(),
-                            job.site.as_ref().map_or_else(|| Arc::from(""), |s| s.key.clone()),
+                            job.site
+                                .as_ref()
+                                .map_or_else(|| Arc::from(""), |s| s.key.clone()),
                             job.source.clone(),
                         ));
                     }
@@ -384,8 +390,8 @@ impl DestinationTask {
         let rate_note = match self.limits.max_message_rate {
             Some(r) => {
                 let scaled = keel_config::Rate {
-                    count: ((u64::from(r.count) * current as u64) / self.adaptive.max as u64)
-                        .max(1) as u32,
+                    count: ((u64::from(r.count) * current as u64) / self.adaptive.max as u64).max(1)
+                        as u32,
                     per: r.per,
                 };
                 self.msg_limiter = Some(Limiter::new(scaled, 1));
@@ -460,7 +466,11 @@ impl DestinationTask {
         while surplus > 0 && self.idle.pop().is_some() {
             surplus -= 1;
         }
-        if self.throttle.as_ref().is_some_and(|(_, until)| now >= *until) {
+        if self
+            .throttle
+            .as_ref()
+            .is_some_and(|(_, until)| now >= *until)
+        {
             self.throttle = None;
             *self
                 .stats
@@ -808,7 +818,11 @@ mod tests {
         assert!(is_throttling(&r(421, "4.7.0", "Try again later")));
         assert!(is_throttling(&r(451, "4.7.500", "Server busy")));
         assert!(is_throttling(&r(450, "", "Too many messages, slow down")));
-        assert!(is_throttling(&r(0, "4.4.1", "connect: Connection refused (os error 111)")));
+        assert!(is_throttling(&r(
+            0,
+            "4.4.1",
+            "connect: Connection refused (os error 111)"
+        )));
         assert!(!is_throttling(&r(450, "4.2.2", "Mailbox full")));
         assert!(!is_throttling(&r(550, "5.1.1", "User unknown")));
     }

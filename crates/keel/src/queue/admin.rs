@@ -142,6 +142,10 @@ pub struct Snapshot {
     pub messages: usize,
     pub recipients: usize,
     pub bytes: u64,
+    /// How many scheduled queues (domains) exist; `scheduled` lists the busiest of them.
+    pub scheduled_queues: usize,
+    /// How many ready queues exist; `ready` lists the busiest of them.
+    pub ready_queues: usize,
     pub scheduled: Vec<ScheduledView>,
     pub ready: Vec<ReadyView>,
     pub suspensions: Vec<Suspension>,
@@ -288,8 +292,11 @@ impl QueueManager {
         let mut touched = Vec::new();
         for (id, msg) in self.messages.iter_mut() {
             let mut hit = false;
-            for rcpt in msg.envelope.recipients.iter_mut().filter(|r| !r.done) {
-                let domain = rcpt.domain().to_string();
+            for idx in 0..msg.envelope.recipients.len() {
+                if msg.envelope.recipients[idx].done {
+                    continue;
+                }
+                let domain = msg.envelope.recipients[idx].domain().to_string();
                 let site = self.sites.get(&domain).map(|(s, _)| s.key.clone());
                 let facts = Facts {
                     domain: &domain,
@@ -306,7 +313,9 @@ impl QueueManager {
                 if dry_run {
                     continue;
                 }
-                rcpt.done = true;
+                msg.envelope.recipients[idx].done = true;
+                self.stats.recipient_done(&msg.envelope, idx);
+                let rcpt = &msg.envelope.recipients[idx];
                 self.events.emit(Event {
                     kind: Kind::AdminBounce,
                     time: events::rfc3339(now),
@@ -368,75 +377,66 @@ impl QueueManager {
             }
             keep
         };
-        self.waiting.retain(|_, job| live(job));
+        self.waiting.retain(|_, (_, job)| live(job));
         self.parked.retain(|job| live(job));
         for jobs in self.resolving.values_mut() {
             jobs.retain(|job| live(job));
         }
     }
 
-    pub(crate) fn snapshot(&mut self) -> Snapshot {
+    /// The queue summary: totals, and the `limit` busiest scheduled and ready queues (0: all).
+    ///
+    /// Cost: per-domain statistics are maintained incrementally (`stats.rs`), so this sorts the
+    /// domains, builds views for the `limit` shown and makes one pass over the retry timers.
+    pub(crate) fn snapshot(&mut self, limit: usize) -> Snapshot {
         let now_ms = events::epoch_ms(SystemTime::now());
         let now = Instant::now();
         self.suspensions
             .retain(|s| s.until_instant.is_none_or(|u| u > now));
-        let mut by_domain: HashMap<&str, ScheduledView> = HashMap::new();
-        let (mut messages, mut recipients, mut bytes) = (0, 0, 0);
-        for msg in self.messages.values() {
-            messages += 1;
-            bytes += msg.envelope.size;
-            let age = now_ms.saturating_sub(msg.envelope.received_at_ms) / 1000;
-            let mut seen: Vec<&str> = Vec::new();
-            for r in msg.envelope.recipients.iter().filter(|r| !r.done) {
-                recipients += 1;
-                let d = r.domain();
-                let v = by_domain.entry(d).or_insert_with(|| ScheduledView {
-                    domain: d.to_string(),
-                    messages: 0,
-                    recipients: 0,
-                    bytes: 0,
-                    oldest_age_s: 0,
-                    next_attempt_in_s: None,
-                    last_response: None,
-                    parked: 0,
-                    site: None,
-                });
-                v.recipients += 1;
-                v.oldest_age_s = v.oldest_age_s.max(age);
-                if !seen.contains(&d) {
-                    seen.push(d);
-                    v.messages += 1;
-                    v.bytes += msg.envelope.size;
-                }
-            }
+        let scheduled_queues = self.stats.domains.len();
+        let mut order: Vec<(&str, &super::stats::DomainStats)> = self
+            .stats
+            .domains
+            .iter()
+            .map(|(d, s)| (d.as_str(), s))
+            .collect();
+        order.sort_unstable_by(|a, b| b.1.recipients.cmp(&a.1.recipients).then(a.0.cmp(b.0)));
+        if limit > 0 {
+            order.truncate(limit);
         }
-        let mut next: HashMap<&str, Instant> = HashMap::new();
-        for std::cmp::Reverse((t, seq)) in self.timers.iter() {
-            if let Some(job) = self.waiting.get(seq) {
-                let e = next.entry(job.domain.as_str()).or_insert(*t);
-                *e = (*e).min(*t);
-            }
-        }
-        for (d, t) in next {
-            if let Some(v) = by_domain.get_mut(d) {
-                v.next_attempt_in_s = Some(t.saturating_duration_since(now).as_secs());
+        let mut views: HashMap<&str, ScheduledView> = order
+            .iter()
+            .map(|(d, t)| {
+                (
+                    *d,
+                    ScheduledView {
+                        domain: d.to_string(),
+                        messages: t.messages,
+                        recipients: t.recipients,
+                        bytes: t.bytes,
+                        oldest_age_s: t.oldest_ms().map_or(0, |o| now_ms.saturating_sub(o) / 1000),
+                        next_attempt_in_s: None,
+                        last_response: self.last_response.get(*d).cloned(),
+                        parked: 0,
+                        site: self.sites.get(*d).map(|(s, _)| s.key.to_string()),
+                    },
+                )
+            })
+            .collect();
+        for (t, job) in self.waiting.values() {
+            if let Some(v) = views.get_mut(job.domain.as_str()) {
+                let secs = t.saturating_duration_since(now).as_secs();
+                v.next_attempt_in_s = Some(v.next_attempt_in_s.map_or(secs, |n| n.min(secs)));
             }
         }
         for job in &self.parked {
-            if let Some(v) = by_domain.get_mut(job.domain.as_str()) {
+            if let Some(v) = views.get_mut(job.domain.as_str()) {
                 v.parked += 1;
             }
         }
-        for (d, v) in by_domain.iter_mut() {
-            v.last_response = self.last_response.get(*d).cloned();
-            v.site = self.sites.get(*d).map(|(s, _)| s.key.to_string());
-        }
-        let mut scheduled: Vec<ScheduledView> = by_domain.into_values().collect();
-        scheduled.sort_by(|a, b| {
-            b.recipients
-                .cmp(&a.recipients)
-                .then(a.domain.cmp(&b.domain))
-        });
+        let scheduled: Vec<ScheduledView> =
+            order.iter().filter_map(|(d, _)| views.remove(d)).collect();
+        let ready_queues = self.destinations.len();
         let mut ready: Vec<ReadyView> = self
             .destinations
             .iter()
@@ -456,10 +456,15 @@ impl QueueManager {
             })
             .collect();
         ready.sort_by(|a, b| b.outstanding.cmp(&a.outstanding).then(a.site.cmp(&b.site)));
+        if limit > 0 {
+            ready.truncate(limit);
+        }
         Snapshot {
-            messages,
-            recipients,
-            bytes,
+            messages: self.messages.len(),
+            recipients: self.stats.recipients,
+            bytes: self.stats.bytes,
+            scheduled_queues,
+            ready_queues,
             scheduled,
             ready,
             suspensions: self.suspensions.clone(),

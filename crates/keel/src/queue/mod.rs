@@ -18,6 +18,7 @@ pub mod admin;
 pub mod job;
 pub mod retry;
 mod shaping;
+pub mod stats;
 pub mod warmup;
 
 use std::cmp::Reverse;
@@ -53,7 +54,11 @@ pub enum Command {
     /// Jobs a ready queue handed back (recall for a suspension or bounce).
     Recalled(Vec<Job>),
     /// The queue summary.
-    Snapshot(oneshot::Sender<admin::Snapshot>),
+    Snapshot {
+        /// How many of the busiest queues to list (0: all).
+        limit: usize,
+        reply: oneshot::Sender<admin::Snapshot>,
+    },
     Suspend {
         selector: admin::Selector,
         duration: Option<Duration>,
@@ -186,7 +191,9 @@ pub struct QueueManager {
     rx: mpsc::UnboundedReceiver<Command>,
     messages: HashMap<u128, Message>,
     timers: BinaryHeap<Reverse<(Instant, u64)>>,
-    waiting: HashMap<u64, Job>,
+    /// Scheduled jobs by timer sequence number, with their due time.
+    waiting: HashMap<u64, (Instant, Job)>,
+    stats: stats::QueueStats,
     seq: u64,
     destinations: HashMap<ReadyKey, Destination>,
     /// Resolved sites by domain, with when to look them up again.
@@ -248,6 +255,7 @@ impl QueueManager {
             messages: HashMap::new(),
             timers: BinaryHeap::new(),
             waiting: HashMap::new(),
+            stats: stats::QueueStats::default(),
             seq: 0,
             destinations: HashMap::new(),
             delivery,
@@ -268,8 +276,15 @@ impl QueueManager {
                     Some(Command::Outcome(o)) => self.outcome(o),
                     Some(Command::Resolved { domain, result }) => self.resolved(domain, result),
                     Some(Command::Recalled(jobs)) => self.recalled(jobs),
-                    Some(Command::Snapshot(reply)) => {
-                        let _ = reply.send(self.snapshot());
+                    Some(Command::Snapshot { limit, reply }) => {
+                        let started = std::time::Instant::now();
+                        let snapshot = self.snapshot(limit);
+                        tracing::debug!(
+                            elapsed_us = started.elapsed().as_micros() as u64,
+                            messages = snapshot.messages,
+                            "queue summary computed"
+                        );
+                        let _ = reply.send(snapshot);
                     }
                     Some(Command::Suspend { selector, duration, reason, reply }) => {
                         let _ = reply.send(self.suspend(selector, duration, reason));
@@ -353,6 +368,7 @@ impl QueueManager {
             self.spool.remove(id);
             return;
         }
+        self.stats.add(&envelope);
         self.messages.insert(
             id,
             Message {
@@ -435,7 +451,10 @@ impl QueueManager {
                 Some(s) => job.source = s,
                 None => {
                     // Every source of the pool reached its warm-up cap for today.
-                    tracing::debug!(pool, "egress pool at its warm-up caps; job waits for tomorrow");
+                    tracing::debug!(
+                        pool,
+                        "egress pool at its warm-up caps; job waits for tomorrow"
+                    );
                     return self.schedule(job, warmup::until_tomorrow());
                 }
             }
@@ -591,8 +610,7 @@ impl QueueManager {
                 attempt: job.attempt,
                 response: None,
                 peer: String::new(),
-                queue_time_ms: events::epoch_ms(now)
-                    .saturating_sub(msg.envelope.received_at_ms),
+                queue_time_ms: events::epoch_ms(now).saturating_sub(msg.envelope.received_at_ms),
                 action: Some(action.clone()),
             });
         }
@@ -614,7 +632,7 @@ impl QueueManager {
         self.seq += 1;
         self.timers
             .push(Reverse((Instant::now() + delay, self.seq)));
-        self.waiting.insert(self.seq, job);
+        self.waiting.insert(self.seq, (Instant::now() + delay, job));
     }
 
     fn fire_timers(&mut self) {
@@ -624,7 +642,7 @@ impl QueueManager {
                 break;
             }
             self.timers.pop();
-            if let Some(job) = self.waiting.remove(&seq) {
+            if let Some((_, job)) = self.waiting.remove(&seq) {
                 self.dispatch(job);
             }
         }
@@ -696,7 +714,9 @@ impl QueueManager {
                     .insert(job.domain.clone(), result.response.clone());
             } else {
                 rcpt.done = true;
+                self.stats.recipient_done(&msg.envelope, idx);
             }
+            let rcpt = &msg.envelope.recipients[idx];
             self.events.emit(Event {
                 kind,
                 time: events::rfc3339(now),
@@ -765,7 +785,9 @@ impl QueueManager {
         };
         if msg.envelope.is_finished() && msg.jobs == 0 {
             self.spool.remove(id);
-            self.messages.remove(&id);
+            if let Some(msg) = self.messages.remove(&id) {
+                self.stats.removed(&msg.envelope);
+            }
         } else {
             self.spool.update(id, msg.envelope.encode());
         }

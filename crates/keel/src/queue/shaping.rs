@@ -48,7 +48,12 @@ impl QueueManager {
         }
         let cfg = self.cfg.clone();
         let Some((idx, rule)) = cfg.shaping.reply_rules.iter().enumerate().find(|(_, r)| {
-            r.matches(&site.mx_hosts, response.code, &response.enhanced, &response.text)
+            r.matches(
+                &site.mx_hosts,
+                response.code,
+                &response.enhanced,
+                &response.text,
+            )
         }) else {
             return;
         };
@@ -65,7 +70,10 @@ impl QueueManager {
         if let Some((count, window)) = rule.trigger {
             let hits = self.rule_state.hits.entry(key.clone()).or_default();
             hits.push_back(now);
-            while hits.front().is_some_and(|&t| now.duration_since(t) > window) {
+            while hits
+                .front()
+                .is_some_and(|&t| now.duration_since(t) > window)
+            {
                 hits.pop_front();
             }
             if (hits.len() as u32) < count {
@@ -87,7 +95,10 @@ impl QueueManager {
                 self.suspend(
                     selector,
                     Some(rule.duration),
-                    format!("reply rule {}: {} {} {}", rule.name, response.code, response.enhanced, response.text),
+                    format!(
+                        "reply rule {}: {} {} {}",
+                        rule.name, response.code, response.enhanced, response.text
+                    ),
                 );
                 format!("suspend for {duration} (reply rule {})", rule.name)
             }
@@ -98,7 +109,10 @@ impl QueueManager {
                         until: now + rule.duration,
                     });
                 }
-                format!("throttle to {rate} for {duration} (reply rule {})", rule.name)
+                format!(
+                    "throttle to {rate} for {duration} (reply rule {})",
+                    rule.name
+                )
             }
             RuleAction::Bounce => {
                 let selector = Selector {
@@ -108,7 +122,10 @@ impl QueueManager {
                 let r = self.bounce(
                     &selector,
                     false,
-                    &format!("reply rule {}: {} {}", rule.name, response.code, response.text),
+                    &format!(
+                        "reply rule {}: {} {}",
+                        rule.name, response.code, response.text
+                    ),
                 );
                 format!(
                     "bounce {} queued recipients (reply rule {})",

@@ -201,6 +201,9 @@ mod tests {
         w.save();
         let w2 = Warmup::load(path);
         assert!(!w2.allows(&src, 7));
-        assert_eq!(Warmup::path_for(Path::new("keel-data/spool")), Path::new("keel-data/egress-warmup.json"));
+        assert_eq!(
+            Warmup::path_for(Path::new("keel-data/spool")),
+            Path::new("keel-data/egress-warmup.json")
+        );
     }
 }

@@ -130,7 +130,8 @@ pub struct Keel {
 pub struct Conf {
     /// Extra keys for the `[smtp]` table.
     pub smtp: String,
-    /// Further tables (`[delivery]`, `[[route]]`, `[retry]`, `[dns]`...).
+    /// Further tables (`[delivery]`, `[[route]]`, `[retry]`, `[dns]`...). It is written
+    /// right after `[log]`'s `dir`, so keys before its first table header extend `[log]`.
     pub rest: String,
 }
 
@@ -205,15 +206,12 @@ impl Keel {
         std::fs::read_to_string(self.dir.join("keel.stderr")).unwrap_or_default()
     }
 
-    /// All events logged so far.
+    /// All events logged so far, from rotated segments too (a test running across midnight
+    /// UTC sees the daily rotation).
     pub fn events(&self) -> Vec<Value> {
-        let Ok(f) = std::fs::File::open(self.dir.join("log/events.jsonl")) else {
-            return Vec::new();
-        };
-        BufReader::new(f)
-            .lines()
-            .map_while(Result::ok)
-            .filter_map(|l| serde_json::from_str(&l).ok())
+        event_log_lines(&self.dir.join("log"))
+            .iter()
+            .filter_map(|l| serde_json::from_str(l).ok())
             .collect()
     }
 
@@ -245,6 +243,56 @@ impl Drop for Keel {
             p.stop(Duration::from_secs(10));
         }
     }
+}
+
+/// Every line of the event log in `dir`: rotated segments (`events-*.jsonl`, and
+/// `events-*.jsonl.zst` decompressed with an independent decoder call) in name order, then
+/// the live `events.jsonl`. A segment present in both forms is read once (plain).
+pub fn event_log_lines(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok()?.file_name().into_string().ok())
+                .filter(|n| n.starts_with("events-"))
+                .filter(|n| n.ends_with(".jsonl") || n.ends_with(".jsonl.zst"))
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let plain: std::collections::HashSet<String> = names
+        .iter()
+        .filter(|n| n.ends_with(".jsonl"))
+        .cloned()
+        .collect();
+    names.retain(|n| !n.strip_suffix(".zst").is_some_and(|p| plain.contains(p)));
+    names.push("events.jsonl".into());
+    let mut lines = Vec::new();
+    for mut name in names {
+        let data = match std::fs::read(dir.join(&name)) {
+            Ok(d) => d,
+            // Compressed (and removed) since it was listed.
+            Err(_) if name.starts_with("events-") && !name.ends_with(".zst") => {
+                name.push_str(".zst");
+                match std::fs::read(dir.join(&name)) {
+                    Ok(d) => d,
+                    Err(_) => continue,
+                }
+            }
+            Err(_) => continue,
+        };
+        let text = if name.ends_with(".zst") {
+            let mut out = Vec::new();
+            let mut d = ruzstd::decoding::StreamingDecoder::new(&data[..])
+                .unwrap_or_else(|e| panic!("{name}: not zstd: {e}"));
+            d.read_to_end(&mut out)
+                .unwrap_or_else(|e| panic!("{name}: cannot decompress: {e}"));
+            out
+        } else {
+            data
+        };
+        let text = String::from_utf8(text).unwrap_or_else(|_| panic!("{name}: not UTF-8"));
+        lines.extend(text.lines().map(str::to_owned));
+    }
+    lines
 }
 
 /// A minimal HTTP/1.1 GET over a real socket: (status, body).
