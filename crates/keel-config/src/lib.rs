@@ -97,6 +97,9 @@
 //! # Bearer tokens for the admin API (`Authorization: Bearer <token>`), each at
 //! # least 16 characters. Empty: only clients on loopback may use it.
 //! api_tokens = []
+//! # A file with more tokens, one per line ('#' comments), e.g. kept out of
+//! # the main config by a secrets manager. Relative to the working directory.
+//! # api_token_file = "/etc/keel/api-tokens"
 //!
 //! [spool]
 //! # Directory of queued messages. A relative path is relative to the
@@ -197,6 +200,8 @@
 //! # Most jobs handed to one ready queue; more wait in the scheduled queue
 //! # (with a Delayed event).
 //! max_ready = 10000
+//! # ... and at most this many message bytes (one job always goes).
+//! max_ready_bytes = "512MB"
 //!
 //! # Rules override the defaults for matching sites, in file order (later
 //! # wins). Each needs exactly one of `domain` (recipient domain) or

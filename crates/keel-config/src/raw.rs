@@ -54,6 +54,7 @@ pub(crate) struct RawSmtpTimeouts {
 pub(crate) struct RawHttp {
     pub(crate) listen: Option<Spanned<String>>,
     pub(crate) api_tokens: Option<Vec<Spanned<String>>>,
+    pub(crate) api_token_file: Option<Spanned<String>>,
 }
 
 /// `[spool]`: just a directory (`[log]` is `crate::log::RawLog`).

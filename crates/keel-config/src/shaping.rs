@@ -34,6 +34,7 @@ pub(crate) struct RawShaping {
     pub(crate) reply_rules: Option<Spanned<String>>,
     pub(crate) adaptive: Option<Spanned<bool>>,
     pub(crate) max_ready: Option<Spanned<Int>>,
+    pub(crate) max_ready_bytes: Option<Spanned<crate::raw::RawSize>>,
 }
 
 /// `[shaping.default]`.
@@ -141,7 +142,12 @@ pub struct ShapingConfig {
     pub adaptive: bool,
     /// Most jobs handed to one ready queue at a time; more wait in the scheduled queue.
     pub max_ready: usize,
+    /// Most message bytes handed to one ready queue at a time (at least one job always goes).
+    pub max_ready_bytes: u64,
 }
+
+/// Default for `shaping.max_ready_bytes`: 512 MiB.
+pub const DEFAULT_MAX_READY_BYTES: u64 = 512 << 20;
 
 /// Default for `shaping.max_ready`.
 pub const DEFAULT_MAX_READY: usize = 10_000;
@@ -196,6 +202,7 @@ impl ShapingConfig {
             reply_rules: builtin_rules(),
             adaptive: true,
             max_ready: DEFAULT_MAX_READY,
+            max_ready_bytes: DEFAULT_MAX_READY_BYTES,
         }
     }
 }
@@ -313,6 +320,11 @@ impl Validator<'_, '_> {
             raw.max_ready.as_ref(),
             "shaping.max_ready",
             DEFAULT_MAX_READY,
+        );
+        shaping.max_ready_bytes = self.size(
+            raw.max_ready_bytes.as_ref(),
+            "shaping.max_ready_bytes",
+            DEFAULT_MAX_READY_BYTES,
         );
         for (i, rule) in raw.rule.iter().flatten().enumerate() {
             let key = format!("shaping.rule[{i}]");
@@ -544,6 +556,23 @@ sources = [{ name = "ip1", weight = 2 }, { name = "ip2", weight = 1 }]
         assert_eq!(c.egress.sources[1].warmup.len(), 2);
         let pool = c.egress.pool(DEFAULT_EGRESS).unwrap();
         assert_eq!(pool.members, vec![("ip1".into(), 2), ("ip2".into(), 1)]);
+    }
+
+    #[test]
+    fn api_token_file_and_ready_bytes() {
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::write(&tokens, "# ops\n0123456789abcdef-one\n\nshort\n").unwrap();
+        let text = format!(
+            "[http]\napi_tokens = [\"0123456789abcdef-inline\"]\napi_token_file = \"{}\"\n\n[shaping]\nmax_ready_bytes = \"64MB\"\n",
+            tokens.display()
+        );
+        let e = Config::parse(&text, "k.toml").unwrap_err().to_string();
+        assert!(e.contains("http.api_token_file: line 4 of"), "{e}");
+        std::fs::write(&tokens, "0123456789abcdef-one\n").unwrap();
+        let c = Config::parse(&text, "k.toml").unwrap();
+        assert_eq!(c.http.api_tokens, ["0123456789abcdef-inline", "0123456789abcdef-one"]);
+        assert_eq!(c.shaping.max_ready_bytes, 64 << 20);
     }
 
     #[test]

@@ -192,6 +192,36 @@ impl Validator<'_, '_> {
                 api_tokens.push(t.get_ref().clone());
             }
         }
+        if let Some(path) = &raw.api_token_file {
+            match std::fs::read_to_string(path.get_ref()) {
+                Ok(text) => {
+                    for (n, line) in text.lines().enumerate() {
+                        let token = line.trim();
+                        if token.is_empty() || token.starts_with('#') {
+                            continue;
+                        }
+                        if token.len() < 16 {
+                            self.error(
+                                path.span(),
+                                "http.api_token_file",
+                                format!(
+                                    "line {} of {}: an API token must be at least 16 characters",
+                                    n + 1,
+                                    path.get_ref()
+                                ),
+                            );
+                        } else {
+                            api_tokens.push(token.to_string());
+                        }
+                    }
+                }
+                Err(e) => self.error(
+                    path.span(),
+                    "http.api_token_file",
+                    format!("cannot read {:?}: {e}", path.get_ref()),
+                ),
+            }
+        }
         HttpConfig { listen, api_tokens }
     }
 
@@ -494,7 +524,7 @@ impl Validator<'_, '_> {
 
     /// A byte size, which must be positive: a zero limit would refuse every
     /// message, which is never what was meant.
-    fn size(&mut self, value: Option<&Spanned<RawSize>>, key: &str, default: u64) -> u64 {
+    pub(crate) fn size(&mut self, value: Option<&Spanned<RawSize>>, key: &str, default: u64) -> u64 {
         let Some(value) = value else { return default };
         let bytes = match value.get_ref() {
             RawSize::Bytes(n) => u64::try_from(*n)

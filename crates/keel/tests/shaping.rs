@@ -432,3 +432,24 @@ fn warmup_cap_overflows_to_the_other_source() {
     let v: Value = serde_json::from_str(&state.expect("warm-up state file")).unwrap();
     assert_eq!(v["new"]["count"], 3);
 }
+
+#[test]
+fn ready_queue_byte_bound_holds_large_backlogs() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = PySink::start(dir.path(), &["--delay", "0.1"]);
+    let keel = Keel::start(&Conf {
+        rest: format!(
+            "[[route]]\ndomain = \"*\"\nsmarthost = \"127.0.0.1:{}\"\n\n[shaping]\nmax_ready_bytes = \"3KB\"\n\n\
+             [shaping.default]\nmax_connections = 1\n",
+            sink.port
+        ),
+        ..Conf::default()
+    });
+    // Each message is ~1.2 KB with its headers: at most two fit in the ready queue at once.
+    let status = smtp_source(keel.smtp_port, 4, 10, 1000, "r@bytes.test");
+    assert!(status.success());
+    assert_eq!(sink.wait_count(10, Duration::from_secs(30)).len(), 10);
+    let delayed = keel.events_of("Delayed");
+    assert!(!delayed.is_empty(), "no Delayed event");
+    assert!(delayed[0]["action"].as_str().unwrap().contains("bytes"));
+}

@@ -24,6 +24,8 @@ pub struct Job {
     pub site: Option<Arc<Site>>,
     /// 1 for the first attempt.
     pub attempt: u32,
+    /// Message size in octets (for the ready queues' byte bound).
+    pub size: u64,
     /// When the message passes `max_age`: a job still waiting then is expired, not attempted.
     pub expires_at: Instant,
 }

@@ -118,8 +118,10 @@ struct Message {
 
 struct Destination {
     tx: mpsc::UnboundedSender<DestMsg>,
-    /// Jobs held back because `outstanding` reached `shaping.max_ready`.
+    /// Jobs held back because the queue reached `shaping.max_ready` or `max_ready_bytes`.
     backlog: std::collections::VecDeque<Job>,
+    /// Message bytes of the outstanding jobs.
+    outstanding_bytes: u64,
     stats: Arc<delivery::ReadyStats>,
     limits: keel_config::Limits,
     /// Jobs dispatched to it whose outcome has not come back yet.
@@ -359,6 +361,7 @@ impl QueueManager {
                 sender: sender.clone(),
                 source: source.clone(),
                 site: None,
+                size: envelope.size,
                 attempt,
                 expires_at,
             });
@@ -532,16 +535,19 @@ impl QueueManager {
                         stats,
                         limits,
                         backlog: Default::default(),
+                        outstanding_bytes: 0,
                         outstanding: 0,
                         idle_since: None,
                     })
                 }
             };
-            if dest.outstanding >= self.cfg.shaping.max_ready {
+            let over_bytes = dest.outstanding > 0
+                && dest.outstanding_bytes + job.size > self.cfg.shaping.max_ready_bytes;
+            if dest.outstanding >= self.cfg.shaping.max_ready || over_bytes {
                 // The ready queue is full: the job waits here, in order, until one comes back.
                 let action = format!(
-                    "ready queue {}/{} is full ({} jobs); waiting in the scheduled queue",
-                    key.0, key.1, dest.outstanding
+                    "ready queue {}/{} is full ({} jobs, {} bytes); waiting in the scheduled queue",
+                    key.0, key.1, dest.outstanding, dest.outstanding_bytes
                 );
                 self.emit_delayed(&job, action);
                 if let Some(dest) = self.destinations.get_mut(&key) {
@@ -549,9 +555,11 @@ impl QueueManager {
                 }
                 return;
             }
+            let size = job.size;
             match dest.tx.send(DestMsg::Job(job)) {
                 Ok(()) => {
                     dest.outstanding += 1;
+                    dest.outstanding_bytes += size;
                     dest.idle_since = None;
                     return;
                 }
@@ -578,6 +586,7 @@ impl QueueManager {
             && let Some(d) = self.destinations.get_mut(&key)
         {
             d.outstanding = d.outstanding.saturating_sub(1);
+            d.outstanding_bytes = d.outstanding_bytes.saturating_sub(job.size);
             if d.outstanding == 0 && d.backlog.is_empty() {
                 d.idle_since = Some(Instant::now());
             }
