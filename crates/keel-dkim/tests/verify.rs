@@ -1,5 +1,5 @@
 //! Messages signed by keel-dkim, with keys made by its own `keygen`, verified by two
-//! independent implementations: dkimpy (Python, out of process, tests/verify.py) and mail-auth's
+//! independent implementations: dkimpy (Python, out of process, tests/peers/dkim_verify.py) and mail-auth's
 //! verifier (in process). A tampered copy must fail, which proves the verification can fail.
 
 mod common;

@@ -1,5 +1,5 @@
 //! Shared test fixtures: keys made by our own `keygen`, key files in a temp dir, the dkimpy
-//! runner (tests/verify.py) and mail-auth's in-process verifier with DNS answered from memory.
+//! runner (tests/peers/dkim_verify.py at the repository root) and mail-auth's in-process verifier with DNS answered from memory.
 #![allow(dead_code)] // each test binary uses a different part
 
 use std::borrow::Borrow;
@@ -73,7 +73,7 @@ pub fn python() -> String {
 }
 
 fn verify_script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/verify.py")
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/peers/dkim_verify.py")
 }
 
 /// Runs dkimpy over `message`. `Ok(())` when every DKIM-Signature verifies, `Err(stderr)` when
@@ -94,7 +94,7 @@ pub fn dkimpy(message: &[u8], records: &[(String, String)]) -> Result<(), String
         Some(0) => Ok(()),
         Some(1) => Err(stderr),
         _ => panic!(
-            "verify.py could not run ({}); run scripts/install-test-deps.sh\n{stderr}",
+            "dkim_verify.py could not run ({}); run scripts/install-test-deps.sh\n{stderr}",
             output.status
         ),
     }

@@ -16,17 +16,11 @@ use tokio::net::TcpStream;
 
 use crate::events::Response;
 
-/// Per-phase timeouts.
+/// Per-phase timeouts (RFC 5321 §4.5.3.2), plus the TCP connect.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
     pub connect: Duration,
-    pub greeting: Duration,
-    pub ehlo: Duration,
-    pub mail: Duration,
-    pub rcpt: Duration,
-    pub data: Duration,
-    pub data_block: Duration,
-    pub data_done: Duration,
+    pub phases: keel_config::DeliveryTimeouts,
 }
 
 /// Why a connection or transaction failed as a whole.
@@ -161,7 +155,7 @@ pub async fn connect(
         broken: false,
         wbuf: Vec::with_capacity(16 * 1024),
     };
-    let greeting = conn.read_reply("greeting", timeouts.greeting).await?;
+    let greeting = conn.read_reply("greeting", timeouts.phases.greeting).await?;
     if greeting.code != 220 {
         return Err(ClientError::Reply(greeting));
     }
@@ -170,7 +164,7 @@ pub async fn connect(
         && conn.caps.starttls
     {
         conn.write_all(b"STARTTLS\r\n", "STARTTLS").await?;
-        let r = conn.read_reply("STARTTLS", timeouts.ehlo).await?;
+        let r = conn.read_reply("STARTTLS", timeouts.phases.ehlo).await?;
         if r.code == 220 {
             conn = conn.start_tls(tls_config, server_name).await?;
             conn.hello(helo_name).await?;
@@ -201,7 +195,7 @@ impl Connection {
     async fn hello(&mut self, helo_name: &str) -> Result<(), ClientError> {
         self.write_all(format!("EHLO {helo_name}\r\n").as_bytes(), "EHLO")
             .await?;
-        let r = self.read_reply("EHLO", self.timeouts.ehlo).await?;
+        let r = self.read_reply("EHLO", self.timeouts.phases.ehlo).await?;
         if r.code == 250 {
             self.caps = Capabilities::parse(&r.text);
             return Ok(());
@@ -212,7 +206,7 @@ impl Connection {
         // An old server that does not know EHLO.
         self.write_all(format!("HELO {helo_name}\r\n").as_bytes(), "HELO")
             .await?;
-        let r = self.read_reply("HELO", self.timeouts.ehlo).await?;
+        let r = self.read_reply("HELO", self.timeouts.phases.ehlo).await?;
         if r.code != 250 {
             return Err(ClientError::Reply(r));
         }
@@ -228,7 +222,7 @@ impl Connection {
         let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
             .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(self.peer.ip().into()));
         let connector = tokio_rustls::TlsConnector::from(config);
-        let stream = tokio::time::timeout(self.timeouts.ehlo, connector.connect(name, self.io))
+        let stream = tokio::time::timeout(self.timeouts.phases.ehlo, connector.connect(name, self.io))
             .await
             .map_err(|_| ClientError::Timeout("TLS handshake"))?
             .map_err(ClientError::Tls)?;
@@ -251,7 +245,7 @@ impl Connection {
     }
 
     async fn write_all(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), ClientError> {
-        let timeout = self.timeouts.data_block;
+        let timeout = self.timeouts.phases.data_block;
         let r = tokio::time::timeout(timeout, async {
             self.io.write_all(bytes).await?;
             self.io.flush().await
@@ -390,22 +384,22 @@ impl Connection {
             }
             self.wbuf.extend_from_slice(b"DATA\r\n");
             self.write_wbuf("MAIL").await?;
-            self.read_reply("MAIL", self.timeouts.mail).await?
+            self.read_reply("MAIL", self.timeouts.phases.mail).await?
         } else {
             self.write_wbuf("MAIL").await?;
-            self.read_reply("MAIL", self.timeouts.mail).await?
+            self.read_reply("MAIL", self.timeouts.phases.mail).await?
         };
 
         let mut rcpt_replies = Vec::with_capacity(msg.rcpts.len());
         if pipelining {
             for _ in msg.rcpts {
-                rcpt_replies.push(self.read_reply("RCPT", self.timeouts.rcpt).await?);
+                rcpt_replies.push(self.read_reply("RCPT", self.timeouts.phases.rcpt).await?);
             }
         } else if mail_reply.code / 100 == 2 {
             for r in msg.rcpts {
                 self.write_all(format!("RCPT TO:<{r}>\r\n").as_bytes(), "RCPT")
                     .await?;
-                let reply = self.read_reply("RCPT", self.timeouts.rcpt).await?;
+                let reply = self.read_reply("RCPT", self.timeouts.phases.rcpt).await?;
                 let stop = reply.code == 421;
                 rcpt_replies.push(reply);
                 if stop {
@@ -417,7 +411,7 @@ impl Connection {
         if mail_reply.code / 100 != 2 {
             if pipelining {
                 // Drain the DATA reply the server owes us.
-                let _ = self.read_reply("DATA", self.timeouts.data).await?;
+                let _ = self.read_reply("DATA", self.timeouts.phases.data).await?;
             }
             self.reset().await;
             return Ok(vec![mail_reply; msg.rcpts.len()]);
@@ -435,10 +429,10 @@ impl Connection {
             .collect();
 
         let data_reply = if pipelining {
-            self.read_reply("DATA", self.timeouts.data).await?
+            self.read_reply("DATA", self.timeouts.phases.data).await?
         } else if !accepted.is_empty() && !self.broken {
             self.write_all(b"DATA\r\n", "DATA").await?;
-            self.read_reply("DATA", self.timeouts.data).await?
+            self.read_reply("DATA", self.timeouts.phases.data).await?
         } else {
             self.reset().await;
             return Ok(rcpt_replies);
@@ -466,7 +460,7 @@ impl Connection {
         keel_smtp::data::stuff(msg.body, &mut self.wbuf);
         self.write_wbuf("DATA body").await?;
         let done = self
-            .read_reply("end of DATA", self.timeouts.data_done)
+            .read_reply("end of DATA", self.timeouts.phases.data_done)
             .await?;
         for &i in &accepted {
             rcpt_replies[i] = done.clone();
@@ -482,7 +476,7 @@ impl Connection {
         if self.write_all(b"RSET\r\n", "RSET").await.is_err() {
             return;
         }
-        match self.read_reply("RSET", self.timeouts.mail).await {
+        match self.read_reply("RSET", self.timeouts.phases.mail).await {
             Ok(r) if r.code == 250 => {}
             _ => self.broken = true,
         }

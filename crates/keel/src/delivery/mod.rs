@@ -600,13 +600,7 @@ impl Worker {
         let d = &self.ctx.cfg.delivery;
         Timeouts {
             connect: d.connect_timeout,
-            greeting: d.timeouts.greeting,
-            ehlo: d.timeouts.ehlo,
-            mail: d.timeouts.mail,
-            rcpt: d.timeouts.rcpt,
-            data: d.timeouts.data,
-            data_block: d.timeouts.data_block,
-            data_done: d.timeouts.data_done,
+            phases: d.timeouts,
         }
     }
 
