@@ -453,3 +453,49 @@ fn ready_queue_byte_bound_holds_large_backlogs() {
     assert!(!delayed.is_empty(), "no Delayed event");
     assert!(delayed[0]["action"].as_str().unwrap().contains("bytes"));
 }
+
+#[test]
+fn a_big_campaign_does_not_hold_back_other_mail_to_the_same_site() {
+    let dir = tempfile::tempdir().unwrap();
+    let sink = PySink::start(dir.path(), &["--delay", "0.05"]);
+    let keel = Keel::start(&Conf {
+        rest: format!(
+            "[[route]]\ndomain = \"*\"\nsmarthost = \"127.0.0.1:{}\"\n\n[shaping.default]\nmax_connections = 1\n",
+            sink.port
+        ),
+        ..Conf::default()
+    });
+    let (mut c, _) = SmtpClient::connect(keel.smtp_port);
+    c.cmd("EHLO c.test");
+    for i in 0..80 {
+        assert!(c.cmd("MAIL FROM:<news@src.test>").starts_with("250"));
+        assert!(
+            c.cmd(&format!("RCPT TO:<r{i}@same.test>"))
+                .starts_with("250")
+        );
+        assert!(c.cmd("DATA").starts_with("354"));
+        c.send_raw(
+            format!("X-Keel-Campaign: big\r\nSubject: campaign {i}\r\n\r\nx\r\n.\r\n").as_bytes(),
+        );
+        assert!(c.reply().starts_with("250"));
+    }
+    send(keel.smtp_port, "vip@same.test", "transactional");
+    let recs = sink.wait_count(81, Duration::from_secs(60));
+    assert_eq!(recs.len(), 81);
+    let pos = recs
+        .iter()
+        .position(|r| r["subject"] == "transactional")
+        .unwrap();
+    // Queued behind 80 campaign messages on one connection, it still goes out within a few.
+    let delivered_before = keel
+        .events_of("Delivery")
+        .iter()
+        .position(|e| e["recipient"] == "vip@same.test")
+        .unwrap();
+    // Without fairness it would be the 81st; round-robin between classes sends it next.
+    assert!(
+        pos < 20,
+        "transactional message was delivered {pos}th of 81"
+    );
+    assert!(delivered_before < 20);
+}

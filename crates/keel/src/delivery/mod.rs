@@ -22,7 +22,6 @@ pub mod rate;
 pub mod site;
 pub mod tls;
 
-use std::collections::VecDeque;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
@@ -35,6 +34,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use crate::events::Response;
+use crate::queue::fair::FairQueue;
 use crate::queue::{Job, Outcome, QueueHandle, RcptResult, Status};
 use client::{ClientError, Connection, Outgoing, Timeouts};
 use mx::Resolver;
@@ -232,7 +232,7 @@ pub fn spawn_ready_queue(
         ctx: ctx.clone(),
         rx,
         self_tx: tx.downgrade(),
-        queue: VecDeque::new(),
+        queue: FairQueue::default(),
         idle: Vec::new(),
         workers: 0,
         dead_until: None,
@@ -259,7 +259,8 @@ struct DestinationTask {
     rx: mpsc::UnboundedReceiver<DestMsg>,
     /// Weak, so the task ends when the queue manager and all workers let go.
     self_tx: mpsc::WeakUnboundedSender<DestMsg>,
-    queue: VecDeque<Job>,
+    /// Due jobs, fair between traffic classes (campaign, tenant).
+    queue: FairQueue,
     /// Workers waiting for a job.
     idle: Vec<oneshot::Sender<Job>>,
     workers: usize,
@@ -316,9 +317,7 @@ impl DestinationTask {
                 DestMsg::Next(reply) => self.idle.push(reply),
                 DestMsg::WorkerExit => self.workers = self.workers.saturating_sub(1),
                 DestMsg::Recall(pred) => {
-                    let (back, keep): (Vec<Job>, Vec<Job>) =
-                        self.queue.drain(..).partition(|j| pred(j));
-                    self.queue = keep.into();
+                    let back = self.queue.take_where(|j| pred(j));
                     if !back.is_empty() {
                         self.ctx.queue.recalled(back);
                     }
@@ -361,9 +360,7 @@ impl DestinationTask {
     /// Reports every waiting job whose message passed `max_age` as expired.
     fn expire_waiting(&mut self) {
         let now = Instant::now();
-        let (expired, waiting): (Vec<Job>, Vec<Job>) =
-            self.queue.drain(..).partition(|j| now >= j.expires_at);
-        self.queue = waiting.into();
+        let expired = self.queue.take_where(|j| now >= j.expires_at);
         for job in expired {
             let r = Response {
                 code: 0,
@@ -454,7 +451,7 @@ impl DestinationTask {
             self.dead_until = None;
         }
         if self.ctx.shutdown.is_cancelled() {
-            self.queue.clear();
+            self.queue.drain_all();
             self.idle.clear();
             return;
         }

@@ -26,6 +26,8 @@ pub struct Job {
     pub attempt: u32,
     /// Message size in octets (for the ready queues' byte bound).
     pub size: u64,
+    /// Traffic class (campaign, tenant): queues are fair between classes.
+    pub class: Arc<str>,
     /// When the message passes `max_age`: a job still waiting then is expired, not attempted.
     pub expires_at: Instant,
 }

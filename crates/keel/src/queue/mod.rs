@@ -15,6 +15,7 @@
 //! state (delivered, bounced, expired) and that state was emitted as an event.
 
 pub mod admin;
+pub mod fair;
 pub mod job;
 pub mod retry;
 mod shaping;
@@ -119,7 +120,7 @@ struct Message {
 struct Destination {
     tx: mpsc::UnboundedSender<DestMsg>,
     /// Jobs held back because the queue reached `shaping.max_ready` or `max_ready_bytes`.
-    backlog: std::collections::VecDeque<Job>,
+    backlog: fair::FairQueue,
     /// Message bytes of the outstanding jobs.
     outstanding_bytes: u64,
     stats: Arc<delivery::ReadyStats>,
@@ -342,6 +343,7 @@ impl QueueManager {
             .collect();
         // Chosen when each job is first dispatched (warm-up caps are checked then).
         let source: Arc<str> = Arc::from("");
+        let class = fair::class_of(&envelope.campaign, &envelope.tenant);
         let mut jobs = Vec::with_capacity(by_domain.len());
         for (domain, rcpts) in by_domain {
             let attempt = rcpts
@@ -362,6 +364,7 @@ impl QueueManager {
                 source: source.clone(),
                 site: None,
                 size: envelope.size,
+                class: class.clone(),
                 attempt,
                 expires_at,
             });
