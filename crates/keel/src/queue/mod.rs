@@ -636,8 +636,16 @@ impl QueueManager {
         let keep = self.cfg.delivery.idle_timeout.max(SWEEP_INTERVAL);
         let now = Instant::now();
         self.destinations.retain(|_, d| {
-            d.outstanding > 0 || d.idle_since.is_none_or(|t| now.duration_since(t) < keep)
+            d.outstanding > 0
+                || !d.backlog.is_empty()
+                || d.idle_since.is_none_or(|t| now.duration_since(t) < keep)
         });
+        // Per-domain memory follows the domains that still have mail queued.
+        let stats = &self.stats;
+        self.last_response
+            .retain(|d, _| stats.domains.contains_key(d));
+        self.sites.retain(|_, (_, until)| *until > now);
+        self.rule_state.prune(now);
     }
 
     fn schedule(&mut self, job: Job, delay: Duration) {

@@ -32,6 +32,17 @@ pub(crate) struct RuleState {
     active_until: HashMap<(usize, Arc<str>, Arc<str>), Instant>,
 }
 
+impl RuleState {
+    /// Forgets actions that ended and hits older than any trigger window (an hour at most).
+    pub(crate) fn prune(&mut self, now: Instant) {
+        self.active_until.retain(|_, until| *until > now);
+        self.hits.retain(|_, hits| {
+            hits.back()
+                .is_some_and(|&t| now.duration_since(t) < std::time::Duration::from_secs(3600))
+        });
+    }
+}
+
 impl QueueManager {
     /// Checks one failure reply from `site` via `source` against the reply rules.
     pub(crate) fn check_reply_rules(
