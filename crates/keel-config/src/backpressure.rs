@@ -107,14 +107,30 @@ impl Validator<'_, '_> {
             Some(self.size(Some(v), &key(name), default.unwrap_or(1)))
         };
         let disk = [
-            size(raw.disk_free_slow.as_ref(), "disk_free_slow", cfg.disk_free.slow),
-            size(raw.disk_free_defer.as_ref(), "disk_free_defer", cfg.disk_free.defer),
-            size(raw.disk_free_refuse.as_ref(), "disk_free_refuse", cfg.disk_free.refuse),
+            size(
+                raw.disk_free_slow.as_ref(),
+                "disk_free_slow",
+                cfg.disk_free.slow,
+            ),
+            size(
+                raw.disk_free_defer.as_ref(),
+                "disk_free_defer",
+                cfg.disk_free.defer,
+            ),
+            size(
+                raw.disk_free_refuse.as_ref(),
+                "disk_free_refuse",
+                cfg.disk_free.refuse,
+            ),
         ];
         let memory = [
             size(raw.memory_slow.as_ref(), "memory_slow", cfg.memory.slow),
             size(raw.memory_defer.as_ref(), "memory_defer", cfg.memory.defer),
-            size(raw.memory_refuse.as_ref(), "memory_refuse", cfg.memory.refuse),
+            size(
+                raw.memory_refuse.as_ref(),
+                "memory_refuse",
+                cfg.memory.refuse,
+            ),
         ];
         let mut count = |v: Option<&Spanned<RawCount>>, name: &str, default: Option<u64>| {
             let Some(v) = v else { return default };
@@ -138,7 +154,11 @@ impl Validator<'_, '_> {
         let queued = [
             count(raw.queued_slow.as_ref(), "queued_slow", cfg.queued.slow),
             count(raw.queued_defer.as_ref(), "queued_defer", cfg.queued.defer),
-            count(raw.queued_refuse.as_ref(), "queued_refuse", cfg.queued.refuse),
+            count(
+                raw.queued_refuse.as_ref(),
+                "queued_refuse",
+                cfg.queued.refuse,
+            ),
         ];
         // Order checks: report at the later stage's key, which is the one that cannot be reached.
         let spans_size = [
@@ -172,7 +192,10 @@ impl Validator<'_, '_> {
             raw.queued_defer.as_ref().map(|s| s.span()),
             raw.queued_refuse.as_ref().map(|s| s.span()),
         ];
-        for (values, spans, what) in [(&memory, &spans_mem, "memory"), (&queued, &spans_q, "queued")] {
+        for (values, spans, what) in [
+            (&memory, &spans_mem, "memory"),
+            (&queued, &spans_q, "queued"),
+        ] {
             for i in 1..3 {
                 if let (Some(prev), Some(this)) = (values[i - 1], values[i])
                     && this < prev
@@ -204,5 +227,53 @@ impl Validator<'_, '_> {
             }
         }
         cfg
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::Config;
+    use std::time::Duration;
+
+    #[test]
+    fn defaults_and_values() {
+        let cfg = Config::parse("", "k.toml").expect("empty config");
+        assert_eq!(cfg.smtp.backpressure, super::BackpressureConfig::default());
+        assert_eq!(cfg.smtp.timeouts.session, Duration::from_secs(1800));
+        assert_eq!(
+            cfg.smtp.max_connection_rate_per_ip.map(|r| r.to_string()),
+            Some("300/min".to_string())
+        );
+        let text = "[smtp]\nmax_connection_rate_per_ip = \"none\"\n[smtp.timeouts]\nsession = \"2m\"\nmessage = \"1m\"\n\
+                    [smtp.backpressure]\ndisk_free_slow = \"none\"\ndisk_free_defer = \"20MB\"\n\
+                    disk_free_refuse = 1000\nqueued_slow = 10\nqueued_defer = \"none\"\ntarpit = \"250ms\"\n";
+        let cfg = Config::parse(text, "k.toml").expect("valid");
+        let b = &cfg.smtp.backpressure;
+        assert_eq!(cfg.smtp.max_connection_rate_per_ip, None);
+        assert_eq!(cfg.smtp.timeouts.session, Duration::from_secs(120));
+        assert_eq!(cfg.smtp.timeouts.message, Duration::from_secs(60));
+        assert_eq!(b.disk_free.slow, None);
+        assert_eq!(b.disk_free.defer, Some(20 * 1024 * 1024));
+        assert_eq!(b.disk_free.refuse, Some(1000));
+        assert_eq!(b.queued.slow, Some(10));
+        assert_eq!(b.queued.defer, None);
+        assert_eq!(b.tarpit, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn errors_point_at_the_key() {
+        let text = "[smtp]\nmax_connection_rate_per_ip = \"lots\"\n[smtp.timeouts]\nsession = \"0s\"\n\
+                    [smtp.backpressure]\ndisk_free_slow = \"1GB\"\ndisk_free_defer = \"2GB\"\n\
+                    memory_slow = \"4GB\"\nmemory_defer = \"1GB\"\nqueued_refuse = 0\n";
+        let errors = Config::parse(text, "k.toml").unwrap_err().to_string();
+        for needle in [
+            "k.toml:2:30: smtp.max_connection_rate_per_ip: invalid rate \"lots\"",
+            "k.toml:4:11: smtp.timeouts.session: must be greater than zero",
+            "k.toml:7:19: smtp.backpressure.disk_free_defer: must not be more than disk_free_slow",
+            "k.toml:9:16: smtp.backpressure.memory_defer: must not be less than memory_slow",
+            "k.toml:10:17: smtp.backpressure.queued_refuse: must be at least 1",
+        ] {
+            assert!(errors.contains(needle), "missing {needle:?} in:\n{errors}");
+        }
     }
 }

@@ -79,6 +79,11 @@ pub struct SmtpConfig {
     /// Failed AUTH attempts from one client address within five minutes after which its
     /// connections are closed (`421 4.7.0`) until the window has passed.
     pub max_auth_failures: usize,
+    /// New connections per client address (IPv6 by /64); more get `421 4.7.0`. `None`: no
+    /// limit. Clients in `relay_networks` are exempt (trusted submitters reconnect often).
+    pub max_connection_rate_per_ip: Option<crate::units::Rate>,
+    /// `[smtp.backpressure]`: when ingress slows, defers and refuses.
+    pub backpressure: crate::backpressure::BackpressureConfig,
 }
 
 /// `smtp.timeouts`: how long the server waits for a client (RFC 5321
@@ -94,6 +99,10 @@ pub struct SmtpServerTimeouts {
     pub data_done: Duration,
     /// For the client's first command after our 220 greeting.
     pub greeting: Duration,
+    /// For the whole session, however busy (`421 4.4.2` when it passes).
+    pub session: Duration,
+    /// For the whole of one message's data (DATA, or one BDAT chunk).
+    pub message: Duration,
 }
 
 /// `[http]`: the HTTP API.
@@ -231,6 +240,8 @@ impl Default for SmtpConfig {
             users: Vec::new(),
             auth_plaintext_loopback: false,
             max_auth_failures: d::MAX_AUTH_FAILURES,
+            max_connection_rate_per_ip: Some(d::MAX_CONNECTION_RATE_PER_IP),
+            backpressure: Default::default(),
         }
     }
 }
@@ -242,6 +253,8 @@ impl Default for SmtpServerTimeouts {
             data_block: d::SMTP_DATA_BLOCK_TIMEOUT,
             data_done: d::SMTP_DATA_DONE_TIMEOUT,
             greeting: d::SMTP_GREETING_TIMEOUT,
+            session: d::SMTP_SESSION_TIMEOUT,
+            message: d::SMTP_MESSAGE_TIMEOUT,
         }
     }
 }

@@ -46,6 +46,45 @@ pub const SMTP_DATA_DONE_TIMEOUT: Duration = minutes(10);
 /// `smtp.timeouts.greeting`: the wait for the client's first command.
 pub const SMTP_GREETING_TIMEOUT: Duration = minutes(5);
 
+/// `smtp.timeouts.session`: the whole of one SMTP session. Long enough for a submission
+/// client to send many messages on one connection, short enough that a client trickling
+/// bytes (slowloris) cannot hold a session slot for ever; it reconnects after the `421`.
+pub const SMTP_SESSION_TIMEOUT: Duration = minutes(30);
+/// `smtp.timeouts.message`: the whole of one message's DATA (or each BDAT chunk), however
+/// steadily the bytes arrive; a 25 MiB message needs only ~30 KB/s to make it.
+pub const SMTP_MESSAGE_TIMEOUT: Duration = minutes(15);
+/// `smtp.max_connection_rate_per_ip`: new connections per client address (bucket of this
+/// size, refilled evenly). Clients in `relay_networks` are not limited.
+pub const MAX_CONNECTION_RATE_PER_IP: crate::units::Rate = crate::units::Rate {
+    count: 300,
+    per: Duration::from_secs(60),
+};
+
+const GB: u64 = 1024 * 1024 * 1024;
+const MB: u64 = 1024 * 1024;
+/// `smtp.backpressure.disk_free_*`: slow below 2 GiB free, defer below 1 GiB, refuse below
+/// 500 MiB, leaving room for the queue's own progress records and the event log.
+pub const BACKPRESSURE_DISK_FREE: crate::backpressure::Thresholds =
+    crate::backpressure::Thresholds {
+        slow: Some(2 * GB),
+        defer: Some(GB),
+        refuse: Some(500 * MB),
+    };
+/// `smtp.backpressure.memory_*` (resident set size of the daemon).
+pub const BACKPRESSURE_MEMORY: crate::backpressure::Thresholds = crate::backpressure::Thresholds {
+    slow: Some(4 * GB),
+    defer: Some(6 * GB),
+    refuse: Some(8 * GB),
+};
+/// `smtp.backpressure.queued_*` (live messages in the spool).
+pub const BACKPRESSURE_QUEUED: crate::backpressure::Thresholds = crate::backpressure::Thresholds {
+    slow: Some(500_000),
+    defer: Some(1_000_000),
+    refuse: Some(2_000_000),
+};
+/// `smtp.backpressure.tarpit`: how long MAIL replies are held in the slow stage.
+pub const BACKPRESSURE_TARPIT: Duration = Duration::from_secs(1);
+
 /// `http.listen`: loopback only; the HTTP API is not meant to face the
 /// network without a proxy in front.
 pub const HTTP_LISTEN: SocketAddr = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::LOCALHOST, 8025));

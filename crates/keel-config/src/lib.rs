@@ -74,6 +74,9 @@
 //! # minutes after which further AUTH is refused with 421 4.7.0 and the
 //! # connection closed, until the window passes. Integer >= 1.
 //! max_auth_failures = 5
+//! # New connections per client address (IPv6: one /64), e.g. "60/min", or
+//! # "none"; more get 421 4.7.0. Clients in relay_networks are exempt.
+//! max_connection_rate_per_ip = "300/min"
 //! # Users, zero or more, names unique. An authenticated client may relay.
 //! # password_hash: an argon2 PHC string; `keel passwd` reads a password on
 //! # stdin and prints one. tenant (optional): whom this user's mail is for.
@@ -90,6 +93,24 @@
 //! data_block = "3m"   # for each chunk of message data
 //! data_done = "10m"   # bound on our processing after the final "."
 //! greeting = "5m"     # for the client's first command after our greeting
+//! session = "30m"     # for the whole session (slow clients get 421 4.4.2)
+//! message = "15m"     # for the whole of one message's DATA (or BDAT chunk)
+//!
+//! # Staged back-pressure: sampled every second; the worst resource sets the
+//! # stage. slow: MAIL replies held back by `tarpit`; defer: 452 4.3.1 at
+//! # MAIL/RCPT; refuse: 421 4.3.2 at connect. Delivery keeps running. Each
+//! # threshold may be "none". Disk: free space on the spool's filesystem.
+//! [smtp.backpressure]
+//! disk_free_slow = "2GB"
+//! disk_free_defer = "1GB"
+//! disk_free_refuse = "500MB"
+//! memory_slow = "4GB"       # resident memory of the daemon
+//! memory_defer = "6GB"
+//! memory_refuse = "8GB"
+//! queued_slow = 500000      # live messages in the spool
+//! queued_defer = 1000000
+//! queued_refuse = 2000000
+//! tarpit = "1s"
 //!
 //! [http]
 //! # Address of the HTTP API: one "ip:port".
@@ -256,6 +277,7 @@
 #![forbid(unsafe_code)]
 
 mod addr;
+mod backpressure;
 mod config;
 pub mod defaults;
 mod dkim;
@@ -279,6 +301,7 @@ pub use addr::{
     DEFAULT_DNS_PORT, DEFAULT_SMTP_PORT, HostPort, RouteDomain, is_valid_hostname,
     parse_listen_addr, parse_nameserver, parse_network,
 };
+pub use backpressure::{BackpressureConfig, Thresholds};
 pub use config::{
     Config, DeliveryConfig, DeliveryTimeouts, DnsConfig, HttpConfig, LogConfig, RetryConfig, Route,
     SmtpConfig, SmtpServerTimeouts, SpoolConfig, StartTls,

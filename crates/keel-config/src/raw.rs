@@ -34,6 +34,8 @@ pub(crate) struct RawSmtp {
     pub(crate) tls_listen: Option<Spanned<OneOrMany>>,
     pub(crate) auth_plaintext_loopback: Option<Spanned<bool>>,
     pub(crate) max_auth_failures: Option<Spanned<Int>>,
+    pub(crate) max_connection_rate_per_ip: Option<Spanned<String>>,
+    pub(crate) backpressure: Option<crate::backpressure::RawBackpressure>,
     /// `[[smtp.user]]`, each with the span of its table.
     pub(crate) user: Option<Vec<Spanned<crate::smtp_auth::RawUser>>>,
 }
@@ -46,6 +48,8 @@ pub(crate) struct RawSmtpTimeouts {
     pub(crate) data_block: Option<Spanned<DurationText>>,
     pub(crate) data_done: Option<Spanned<DurationText>>,
     pub(crate) greeting: Option<Spanned<DurationText>>,
+    pub(crate) session: Option<Spanned<DurationText>>,
+    pub(crate) message: Option<Spanned<DurationText>>,
 }
 
 /// `[http]`.

@@ -571,7 +571,10 @@ sources = [{ name = "ip1", weight = 2 }, { name = "ip2", weight = 1 }]
         assert!(e.contains("http.api_token_file: line 4 of"), "{e}");
         std::fs::write(&tokens, "0123456789abcdef-one\n").unwrap();
         let c = Config::parse(&text, "k.toml").unwrap();
-        assert_eq!(c.http.api_tokens, ["0123456789abcdef-inline", "0123456789abcdef-one"]);
+        assert_eq!(
+            c.http.api_tokens,
+            ["0123456789abcdef-inline", "0123456789abcdef-one"]
+        );
         assert_eq!(c.shaping.max_ready_bytes, 64 << 20);
     }
 

@@ -114,7 +114,24 @@ impl Validator<'_, '_> {
                 "greeting",
                 d::SMTP_GREETING_TIMEOUT,
             ),
+            session: timeout(
+                t.and_then(|t| t.session.as_ref()),
+                "session",
+                d::SMTP_SESSION_TIMEOUT,
+            ),
+            message: timeout(
+                t.and_then(|t| t.message.as_ref()),
+                "message",
+                d::SMTP_MESSAGE_TIMEOUT,
+            ),
         };
+        let max_connection_rate_per_ip = match &raw.max_connection_rate_per_ip {
+            Some(text) => self
+                .parse(text, "smtp.max_connection_rate_per_ip", units::parse_rate)
+                .unwrap_or(Some(d::MAX_CONNECTION_RATE_PER_IP)),
+            None => Some(d::MAX_CONNECTION_RATE_PER_IP),
+        };
+        let backpressure = self.backpressure(raw.backpressure.as_ref());
         SmtpConfig {
             listen,
             hostname: match &raw.hostname {
@@ -159,6 +176,8 @@ impl Validator<'_, '_> {
                 "smtp.max_auth_failures",
                 d::MAX_AUTH_FAILURES,
             ),
+            max_connection_rate_per_ip,
+            backpressure,
         }
     }
 
@@ -524,7 +543,12 @@ impl Validator<'_, '_> {
 
     /// A byte size, which must be positive: a zero limit would refuse every
     /// message, which is never what was meant.
-    pub(crate) fn size(&mut self, value: Option<&Spanned<RawSize>>, key: &str, default: u64) -> u64 {
+    pub(crate) fn size(
+        &mut self,
+        value: Option<&Spanned<RawSize>>,
+        key: &str,
+        default: u64,
+    ) -> u64 {
         let Some(value) = value else { return default };
         let bytes = match value.get_ref() {
             RawSize::Bytes(n) => u64::try_from(*n)

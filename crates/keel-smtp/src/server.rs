@@ -253,6 +253,10 @@ pub struct Session {
     /// The user name being checked while in [`State::AwaitAuth`].
     pending_user: Option<String>,
     authenticated: Option<Authenticated>,
+    /// Storage is short (back-pressure): new transactions get `452 4.3.1`.
+    defer_transactions: bool,
+    /// MAIL commands accepted so far (the caller tarpits on each).
+    mails: u64,
 }
 
 impl Session {
@@ -278,7 +282,22 @@ impl Session {
             sasl: None,
             pending_user: None,
             authenticated: None,
+            defer_transactions: false,
+            mails: 0,
         }
+    }
+
+    /// While set, MAIL and RCPT are answered `452 4.3.1 Insufficient system storage` (RFC 3463)
+    /// and not counted as client errors: the caller's back-pressure says storage is short, and
+    /// the client should keep the message and retry later. A transaction already past RCPT
+    /// may still finish its DATA; its storage outcome decides its reply.
+    pub fn set_defer_transactions(&mut self, defer: bool) {
+        self.defer_transactions = defer;
+    }
+
+    /// How many MAIL commands this session has accepted (lets the caller delay each one).
+    pub fn mails_accepted(&self) -> u64 {
+        self.mails
     }
 
     /// True once TLS is up (after STARTTLS, or from the start on an implicit-TLS listener).
@@ -820,6 +839,9 @@ impl Session {
         if self.envelope.is_some() {
             return self.push_error(reply(503, (5, 5, 1), "Nested MAIL command"));
         }
+        if self.defer_transactions {
+            return self.push(insufficient_storage());
+        }
         let mail_from = if address.is_empty() {
             None
         } else {
@@ -855,6 +877,7 @@ impl Session {
             body_8bit: flags & MAIL_BODY_8BITMIME != 0,
             bdat: false,
         });
+        self.mails += 1;
         self.push(reply(250, (2, 1, 0), "Ok"));
     }
 
@@ -883,6 +906,9 @@ impl Session {
         };
         if envelope.rcpts.len() >= max {
             return self.push(reply(452, (4, 5, 3), "Too many recipients"));
+        }
+        if self.defer_transactions {
+            return self.push(insufficient_storage());
         }
         if !relay_allowed {
             let local = !addr.has_routing_chars()
@@ -967,6 +993,15 @@ enum Line {
     TooLong,
     /// A line, LF (and CR) included.
     Complete(Vec<u8>),
+}
+
+/// The back-pressure refusal of a new transaction or recipient.
+fn insufficient_storage() -> Reply {
+    reply(
+        452,
+        (4, 3, 1),
+        "Insufficient system storage, try again later",
+    )
 }
 
 fn starts_with_ignore_case(bytes: &[u8], prefix: &[u8]) -> bool {

@@ -475,3 +475,30 @@ mod properties {
         }
     }
 }
+
+/// Back-pressure "defer": MAIL and RCPT get 452 4.3.1 without counting as client errors, and
+/// the session accepts again once the caller clears the flag.
+#[test]
+fn deferred_transactions_get_452_and_resume() {
+    let peer = Peer {
+        ip: "192.0.2.1".parse().unwrap(),
+        relay_allowed: true,
+    };
+    let mut s = Session::new(config(), peer);
+    let text = |step: keel_smtp::Step| String::from_utf8(step.output).unwrap();
+    assert!(text(s.receive(b"EHLO c\r\n")).starts_with("250"));
+    s.set_defer_transactions(true);
+    for _ in 0..30 {
+        let out = text(s.receive(b"MAIL FROM:<a@b.test>\r\n"));
+        assert!(out.starts_with("452 4.3.1 "), "{out}");
+    }
+    s.set_defer_transactions(false);
+    assert!(text(s.receive(b"MAIL FROM:<a@b.test>\r\n")).starts_with("250"));
+    assert_eq!(s.mails_accepted(), 1);
+    s.set_defer_transactions(true);
+    let out = text(s.receive(b"RCPT TO:<x@y.test>\r\n"));
+    assert!(out.starts_with("452 4.3.1 "), "{out}");
+    s.set_defer_transactions(false);
+    let out = text(s.receive(b"RCPT TO:<x@y.test>\r\n"));
+    assert!(out.starts_with("250"), "{out}");
+}

@@ -1,10 +1,11 @@
 //! The event stream: one typed record per state change of a message.
 //!
-//! Every consumer (the JSON-lines log today; metrics, campaign statistics, webhooks and the
-//! suppression list later) reads these same records. Producers call [`EventSink::emit`], which
-//! never blocks: records go over an unbounded channel to the single writer task, which batches
-//! them into the log file and flushes whenever the channel runs dry (so a reader sees an event
-//! within milliseconds, and a burst costs one write per batch, not per event).
+//! Every consumer (the JSON-lines log; metrics and the dashboard through an [`Observer`];
+//! campaign statistics, webhooks and the suppression list later) reads these same records.
+//! Producers call [`EventSink::emit`], which never blocks: records go over an unbounded
+//! channel to the single writer task, which batches them into the log file and flushes
+//! whenever the channel runs dry (so a reader sees an event within milliseconds, and a burst
+//! costs one write per batch, not per event).
 //!
 //! The log is rotated by size and time (`[log] rotate_size`, `rotate_interval`) between two
 //! lines, compressed with zstd on a background thread and deleted by `retention` /
@@ -14,6 +15,7 @@
 //! rotations).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::SystemTime;
 
 use keel_config::LogConfig;
@@ -109,14 +111,26 @@ pub fn epoch_ms(t: SystemTime) -> u64 {
         .unwrap_or(0)
 }
 
+/// A consumer that sees every event synchronously, in the producer's thread, before it goes to
+/// the log writer. It must be cheap and must not block (atomic counters, a short lock): it runs
+/// on the queue manager's and the SMTP sessions' paths. Metrics and the dashboard's recent
+/// history are fed this way, so they need no second channel and no second copy of the event.
+pub trait Observer: Send + Sync {
+    fn observe(&self, event: &Event);
+}
+
 /// Cheap, cloneable handle that producers emit through.
 #[derive(Clone)]
 pub struct EventSink {
     tx: mpsc::UnboundedSender<Event>,
+    observer: Option<Arc<dyn Observer>>,
 }
 
 impl EventSink {
     pub fn emit(&self, event: Event) {
+        if let Some(o) = &self.observer {
+            o.observe(&event);
+        }
         // The writer outlives every producer; a send error can only happen during shutdown.
         let _ = self.tx.send(event);
     }
@@ -124,7 +138,13 @@ impl EventSink {
     /// A sink whose records are handed to `rx` (tests, and consumers other than the log).
     pub fn channel() -> (EventSink, mpsc::UnboundedReceiver<Event>) {
         let (tx, rx) = mpsc::unbounded_channel();
-        (EventSink { tx }, rx)
+        (EventSink { tx, observer: None }, rx)
+    }
+
+    /// The same sink, also showing every event to `observer` (fan-out next to the log).
+    pub fn with_observer(mut self, observer: Arc<dyn Observer>) -> EventSink {
+        self.observer = Some(observer);
+        self
     }
 }
 
@@ -137,7 +157,12 @@ pub fn log_path(dir: &Path) -> PathBuf {
 /// writes and compression never stall the async runtime. The returned join handle ends after
 /// every sink is dropped, the remaining records are flushed and fsynced, and the archiver has
 /// compressed what was rotated.
-pub fn start_log(cfg: &LogConfig) -> anyhow::Result<(EventSink, std::thread::JoinHandle<()>)> {
+///
+/// `observer`, if any, sees every event as it is emitted (metrics, the dashboard).
+pub fn start_log(
+    cfg: &LogConfig,
+    observer: Option<Arc<dyn Observer>>,
+) -> anyhow::Result<(EventSink, std::thread::JoinHandle<()>)> {
     use anyhow::Context;
     let dir = &cfg.dir;
     std::fs::create_dir_all(dir)
@@ -151,7 +176,10 @@ pub fn start_log(cfg: &LogConfig) -> anyhow::Result<(EventSink, std::thread::Joi
         .context("starting the event log archiver")?;
     let writer = writer::Writer::open(dir, rotate::Policy::from_config(cfg), archive)
         .with_context(|| format!("opening event log {}", log_path(dir).display()))?;
-    let (sink, rx) = EventSink::channel();
+    let (mut sink, rx) = EventSink::channel();
+    if let Some(o) = observer {
+        sink = sink.with_observer(o);
+    }
     let handle = std::thread::Builder::new()
         .name("keel-events".into())
         .spawn(move || {

@@ -4,11 +4,14 @@
 //! | method | path | what |
 //! |---|---|---|
 //! | GET | `/healthz` | alive (no token) |
-//! | GET | `/readyz` | 200 `{"status":"ready"}` when accepting mail; 503 with `recovering` or `draining` (no token) |
+//! | GET | `/readyz` | 200 `{"status":"ready"}` when accepting mail; 503 with `recovering` or `draining`, or `backpressure` and its `stage` (no token) |
 //! | GET | `/api/v1/queues?limit=N` | totals, the N busiest scheduled and ready queues (default 1000, 0: all), suspensions |
 //! | POST | `/api/v1/suspend` | `{domain\|site\|source\|campaign\|tenant, duration?, reason?}` |
-//! | POST | `/api/v1/resume` | `{domain\|site\|source\|campaign\|tenant}` |
+//! | POST | `/api/v1/resume` | `{domain\|site\|source\|campaign\|tenant}`; a reply rule's suspension names `site` and `source` together |
 //! | POST | `/api/v1/bounce` | `{domain\|site\|campaign\|tenant, dry_run?, reason?}` |
+//! | GET | `/metrics` | Prometheus text format (no token; `crate::metrics`) |
+//! | GET | `/`, `/app.js` | the dashboard page (no token; its data comes from the API: `crate::dashboard`) |
+//! | GET | `/api/v1/stats/throughput`, `/api/v1/stats/actions`, `/api/v1/stats/spool` | the dashboard's history and spool state |
 //!
 //! The admin API wants `Authorization: Bearer <token>` with one of `[http] api_tokens`
 //! (compared in constant time). With no tokens configured it serves loopback clients only, so
@@ -39,6 +42,8 @@ pub struct AppState {
     pub queue: QueueHandle,
     pub tokens: Arc<Vec<String>>,
     pub readiness: Arc<Readiness>,
+    /// Metrics and the dashboard's recent history (fed by the event stream).
+    pub metrics: Arc<crate::metrics::Metrics>,
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
@@ -48,6 +53,17 @@ async fn healthz() -> axum::Json<serde_json::Value> {
 /// For load balancers: 200 only while mail is accepted (see `crate::readiness`).
 async fn readyz(State(state): State<AppState>) -> Response {
     let phase = state.readiness.get();
+    let stage = state.readiness.stage();
+    if phase == Phase::Ready && stage != crate::ingress::backpressure::Stage::Normal {
+        // Shedding ingress load (disk, memory or queue past a threshold): send mail elsewhere.
+        let body = json!({ "status": "backpressure", "stage": stage.as_str() });
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            [(axum::http::header::RETRY_AFTER, "30")],
+            axum::Json(body),
+        )
+            .into_response();
+    }
     let status = match phase {
         Phase::Ready => StatusCode::OK,
         Phase::Recovering | Phase::Draining => StatusCode::SERVICE_UNAVAILABLE,
@@ -64,6 +80,8 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/suspend", post(suspend))
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/bounce", post(bounce))
+        .route("/metrics", get(crate::metrics::handler))
+        .merge(crate::dashboard::routes())
         .with_state(state)
 }
 
@@ -79,7 +97,7 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
 }
 
 /// An API error: status plus `{"error", "field"}`.
-struct ApiError {
+pub(crate) struct ApiError {
     status: StatusCode,
     error: String,
     field: Option<&'static str>,
@@ -128,7 +146,11 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     diff == 0
 }
 
-fn authorize(state: &AppState, headers: &HeaderMap, peer: SocketAddr) -> Result<(), ApiError> {
+pub(crate) fn authorize(
+    state: &AppState,
+    headers: &HeaderMap,
+    peer: SocketAddr,
+) -> Result<(), ApiError> {
     if state.tokens.is_empty() {
         if peer.ip().is_loopback() {
             return Ok(());
@@ -230,6 +252,19 @@ impl OpRequest {
     }
 
     fn selector(&self) -> Result<Selector, ApiError> {
+        let s = self.any_selector()?;
+        if s.count() != 1 {
+            return Err(ApiError::bad(
+                "give exactly one of domain, site, source, campaign, tenant",
+                "selector",
+            ));
+        }
+        Ok(s)
+    }
+
+    /// At least one field: resume matches a suspension by its whole selector, and a reply
+    /// rule suspends a (site, source) pair, which the dashboard's Resume button sends back.
+    fn any_selector(&self) -> Result<Selector, ApiError> {
         let s = Selector {
             domain: self.domain.clone(),
             site: self.site.clone(),
@@ -238,9 +273,9 @@ impl OpRequest {
             tenant: self.tenant.clone(),
         }
         .normalized();
-        if s.count() != 1 {
+        if s.count() == 0 {
             return Err(ApiError::bad(
-                "give exactly one of domain, site, source, campaign, tenant",
+                "give one of domain, site, source, campaign, tenant",
                 "selector",
             ));
         }
@@ -287,7 +322,7 @@ async fn resume(
 ) -> Result<Response, ApiError> {
     authorize(&state, &headers, peer)?;
     let req = OpRequest::parse(&body)?;
-    let selector = req.selector()?;
+    let selector = req.any_selector()?;
     let resumed = state
         .queue
         .ask(|reply| Command::Resume { selector, reply })

@@ -2,6 +2,7 @@
 #![forbid(unsafe_code)]
 
 mod cli;
+mod dashboard;
 mod delivery;
 mod dkim_cli;
 mod envelope;
@@ -9,6 +10,7 @@ mod events;
 mod http;
 mod ingress;
 mod logs_cli;
+mod metrics;
 mod passwd;
 mod queue;
 mod readiness;

@@ -4,9 +4,13 @@
 //! recovers its spool (the SMTP listeners are not bound yet, so a connection would be
 //! refused) and stops being ready as soon as it starts draining for shutdown, so the
 //! balancer takes the node out before it refuses mail. `/healthz` stays "alive" throughout.
-//! One atomic, set by `serve` and read by the HTTP handler; no lock.
+//! While ready, ingress back-pressure ([`crate::ingress::backpressure`]) also makes `/readyz`
+//! answer 503 with its stage: a node shedding mail should not be sent more.
+//! Two atomics, set by `serve` and the back-pressure monitor, read by the HTTP handler; no lock.
 
 use std::sync::atomic::{AtomicU8, Ordering};
+
+use crate::ingress::backpressure::Stage;
 
 /// The daemon's phase, as `/readyz` reports it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,17 +36,29 @@ impl Phase {
 
 /// Shared between `serve` (which moves it forward) and the HTTP handler.
 #[derive(Debug)]
-pub struct Readiness(AtomicU8);
+pub struct Readiness(AtomicU8, AtomicU8);
 
 impl Default for Readiness {
     fn default() -> Self {
-        Readiness(AtomicU8::new(Phase::Recovering as u8))
+        Readiness(
+            AtomicU8::new(Phase::Recovering as u8),
+            AtomicU8::new(Stage::Normal as u8),
+        )
     }
 }
 
 impl Readiness {
     pub fn set(&self, phase: Phase) {
         self.0.store(phase as u8, Ordering::Release);
+    }
+
+    /// The ingress back-pressure stage (normal unless the monitor says otherwise).
+    pub fn set_stage(&self, stage: Stage) {
+        self.1.store(stage as u8, Ordering::Release);
+    }
+
+    pub fn stage(&self) -> Stage {
+        Stage::from_u8(self.1.load(Ordering::Acquire))
     }
 
     pub fn get(&self) -> Phase {

@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::{self, mx::Resolver};
 use crate::envelope::Envelope;
 use crate::ingress::smtp::{self, Ingress};
+use crate::metrics::Metrics;
 use crate::queue::{self, QueueManager};
 use crate::readiness::{Phase, Readiness};
 use crate::{events, http};
@@ -76,6 +77,7 @@ fn init_tracing() {
 
 async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     let _ = rustls::crypto::ring::default_provider().install_default();
+    crate::ingress::limits::raise_nofile_limit();
     // A key that cannot be loaded stops the daemon before it opens the spool or accepts mail.
     let dkim = keel_dkim::Signers::load(&cfg.dkim).context("loading the [[dkim]] signing keys")?;
     for k in dkim.keys() {
@@ -92,10 +94,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("cannot listen for HTTP on {}", cfg.http.listen))?;
     tracing::info!(addr = %cfg.http.listen, "HTTP listening");
+    // Fed by the event stream and read at scrape time; the spool and the SMTP connection slots
+    // are handed to it once they exist.
+    let metrics = Arc::new(Metrics::new(cfg.spool.dir.clone()));
     let http_state = http::AppState {
         queue: queue_handle.clone(),
         tokens: Arc::new(cfg.http.api_tokens.clone()),
         readiness: readiness.clone(),
+        metrics: metrics.clone(),
     };
     let http_task = tokio::spawn(http::serve(
         http_listener,
@@ -110,7 +116,9 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
             .context("spool recovery task")?
             .with_context(|| format!("opening the spool in {}", cfg.spool.dir.display()))?;
 
-    let (events, events_thread) = events::start_log(&cfg.log)?;
+    metrics.set_spool(spool.clone());
+    let observer: Arc<dyn events::Observer> = metrics.clone();
+    let (events, events_thread) = events::start_log(&cfg.log, Some(observer))?;
     let tracker = TaskTracker::new();
 
     let resolver = Resolver::new(&cfg.dns.nameservers).context("setting up DNS resolution")?;
@@ -152,6 +160,16 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     }
     tracing::info!(messages = requeued, "spool recovered");
 
+    let smtp_slots = Arc::new(Semaphore::new(cfg.smtp.max_connections.max(1)));
+    metrics.set_inbound(smtp_slots.clone(), cfg.smtp.max_connections.max(1));
+    // Back-pressure: sampled from now on; sessions read the stage it publishes.
+    let stage = crate::ingress::backpressure::Monitor {
+        cfg: cfg.smtp.backpressure.clone(),
+        spool: spool.clone(),
+        spool_dir: cfg.spool.dir.clone(),
+        readiness: readiness.clone(),
+    }
+    .start(shutdown.clone());
     let ingress = Arc::new(Ingress {
         cfg: cfg.clone(),
         server: Arc::new(smtp::server_config(&cfg)),
@@ -160,21 +178,19 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         events: events.clone(),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
-        connections: Arc::new(Semaphore::new(cfg.smtp.max_connections.max(1))),
+        connections: smtp_slots,
         access: smtp::Access::from_config(&cfg)?,
         dkim,
+        stage,
     });
     let mut listeners = Vec::new();
     for addr in &cfg.smtp.listen {
-        let l = TcpListener::bind(addr)
-            .await
-            .with_context(|| format!("cannot listen for SMTP on {addr}"))?;
+        let l = smtp::bind(*addr).with_context(|| format!("cannot listen for SMTP on {addr}"))?;
         tracing::info!(%addr, "SMTP listening");
         listeners.push(tokio::spawn(smtp::serve(l, ingress.clone())));
     }
     for addr in &cfg.smtp.tls_listen {
-        let l = TcpListener::bind(addr)
-            .await
+        let l = smtp::bind(*addr)
             .with_context(|| format!("cannot listen for SMTP over TLS on {addr}"))?;
         tracing::info!(%addr, "SMTP (implicit TLS) listening");
         listeners.push(tokio::spawn(smtp::serve_implicit_tls(l, ingress.clone())));

@@ -155,7 +155,9 @@ pub async fn connect(
         broken: false,
         wbuf: Vec::with_capacity(16 * 1024),
     };
-    let greeting = conn.read_reply("greeting", timeouts.phases.greeting).await?;
+    let greeting = conn
+        .read_reply("greeting", timeouts.phases.greeting)
+        .await?;
     if greeting.code != 220 {
         return Err(ClientError::Reply(greeting));
     }
@@ -222,10 +224,11 @@ impl Connection {
         let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
             .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(self.peer.ip().into()));
         let connector = tokio_rustls::TlsConnector::from(config);
-        let stream = tokio::time::timeout(self.timeouts.phases.ehlo, connector.connect(name, self.io))
-            .await
-            .map_err(|_| ClientError::Timeout("TLS handshake"))?
-            .map_err(ClientError::Tls)?;
+        let stream =
+            tokio::time::timeout(self.timeouts.phases.ehlo, connector.connect(name, self.io))
+                .await
+                .map_err(|_| ClientError::Timeout("TLS handshake"))?
+                .map_err(ClientError::Tls)?;
         Ok(Connection {
             io: Box::new(stream),
             rbuf: Vec::with_capacity(4096),

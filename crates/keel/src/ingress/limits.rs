@@ -1,7 +1,8 @@
-//! Per-client limits on SMTP ingress: concurrent connections per client address, and failed
-//! AUTH attempts per client address in a sliding window.
+//! Per-client limits on SMTP ingress: concurrent connections per client address, new
+//! connections per client address over time, and failed AUTH attempts per client address in
+//! a sliding window.
 //!
-//! Both count by [`client_key`]: an IPv4 address as is (an IPv4-mapped IPv6 address as its
+//! All count by [`client_key`]: an IPv4 address as is (an IPv4-mapped IPv6 address as its
 //! IPv4 form), an IPv6 address by its /64 — one host, or one customer's network, usually holds
 //! a whole /64, so counting single IPv6 addresses would let it rotate past any limit.
 //!
@@ -26,6 +27,29 @@ pub fn client_key(ip: IpAddr) -> IpAddr {
                 IpAddr::V6(Ipv6Addr::from(prefix))
             }
         },
+    }
+}
+
+/// Raises this process's soft limit on open files to its hard limit. Every SMTP session is a
+/// descriptor, and the usual soft default (1024) would make `accept` fail with EMFILE long
+/// before `max_connections`; the hard limit is what the administrator allows. A failure is
+/// logged, not fatal: Keel still works, with fewer connections.
+pub fn raise_nofile_limit() {
+    use rustix::process::{Resource, Rlimit, getrlimit, setrlimit};
+    let limit = getrlimit(Resource::Nofile);
+    if limit.current.is_some() && limit.current != limit.maximum {
+        let raised = Rlimit {
+            current: limit.maximum,
+            maximum: limit.maximum,
+        };
+        match setrlimit(Resource::Nofile, raised) {
+            Ok(()) => {
+                tracing::info!(from = ?limit.current, to = ?limit.maximum, "raised the open-file limit")
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, soft = ?limit.current, "cannot raise the open-file limit")
+            }
+        }
     }
 }
 
@@ -144,6 +168,51 @@ impl AuthFailures {
     }
 }
 
+/// New connections per client (`max_connection_rate_per_ip`): a token bucket per client of
+/// `rate.count` tokens, refilled evenly over `rate.per`. So "60/min" lets a client open 60
+/// connections at once and then one a second; a client hammering connect gets `421 4.7.0`
+/// without costing a session. Full buckets carry no information and are swept as the map
+/// grows, so memory follows the clients seen within one period.
+pub struct ConnectionRate {
+    capacity: f64,
+    per_token: Duration,
+    buckets: Mutex<HashMap<IpAddr, (f64, Instant)>>,
+}
+
+impl ConnectionRate {
+    pub fn new(rate: keel_config::Rate) -> Self {
+        Self {
+            capacity: f64::from(rate.count.max(1)),
+            per_token: rate.interval().max(Duration::from_nanos(1)),
+            buckets: Mutex::default(),
+        }
+    }
+
+    /// Takes a token for a new connection from `ip`; false: over the rate, refuse it.
+    pub fn allow(&self, ip: IpAddr, now: Instant) -> bool {
+        let mut buckets = lock(&self.buckets);
+        if buckets.len() > SWEEP_ABOVE {
+            buckets.retain(|_, (tokens, at)| self.refilled(*tokens, *at, now) < self.capacity);
+        }
+        let (tokens, at) = buckets
+            .entry(client_key(ip))
+            .or_insert((self.capacity, now));
+        let available = self.refilled(*tokens, *at, now);
+        *at = now.max(*at);
+        if available < 1.0 {
+            *tokens = available;
+            return false;
+        }
+        *tokens = available - 1.0;
+        true
+    }
+
+    fn refilled(&self, tokens: f64, at: Instant, now: Instant) -> f64 {
+        let elapsed = now.saturating_duration_since(at);
+        (tokens + elapsed.as_secs_f64() / self.per_token.as_secs_f64()).min(self.capacity)
+    }
+}
+
 fn expire(times: &mut VecDeque<Instant>, now: Instant, window: Duration) {
     while times
         .front()
@@ -207,6 +276,41 @@ mod tests {
         // Long after, the client is forgotten.
         assert!(!f.is_blocked(client, t0 + Duration::from_secs(1000)));
         assert!(lock(&f.failures).is_empty());
+    }
+
+    #[test]
+    fn connection_rate_allows_a_burst_then_the_steady_rate() {
+        let rate = keel_config::units::parse_rate("3/s")
+            .expect("rate")
+            .expect("limited");
+        let limit = ConnectionRate::new(rate);
+        let t0 = Instant::now();
+        let a = ip("192.0.2.1");
+        assert!(limit.allow(a, t0));
+        assert!(limit.allow(a, t0));
+        assert!(limit.allow(a, t0));
+        assert!(!limit.allow(a, t0), "burst used up");
+        assert!(limit.allow(ip("192.0.2.2"), t0), "other clients unaffected");
+        assert!(!limit.allow(a, t0 + Duration::from_millis(300)));
+        assert!(
+            limit.allow(a, t0 + Duration::from_millis(340)),
+            "one token per 333 ms"
+        );
+        assert!(!limit.allow(a, t0 + Duration::from_millis(400)));
+        // Refused attempts do not push the refill back.
+        assert!(limit.allow(a, t0 + Duration::from_millis(700)));
+        // A long pause refills the burst, no more.
+        let later = t0 + Duration::from_secs(60);
+        for _ in 0..3 {
+            assert!(limit.allow(a, later));
+        }
+        assert!(!limit.allow(a, later));
+        // IPv6 clients count by /64.
+        let v6 = ip("2001:db8::1");
+        for _ in 0..3 {
+            assert!(limit.allow(v6, t0));
+        }
+        assert!(!limit.allow(ip("2001:db8::2"), t0));
     }
 
     #[test]

@@ -13,6 +13,14 @@
 //! (`421 4.7.0`); an implicit-TLS connection over a limit is closed without an answer,
 //! since a plaintext reply would mean nothing to a client expecting a TLS handshake.
 //!
+//! Slow clients and back-pressure: a session has a total deadline (`timeouts.session`) and
+//! each message's data one of its own (`timeouts.message`), next to the per-read timeouts, so
+//! a client trickling a byte at a time cannot hold a slot for ever (`421 4.4.2`). New
+//! connections per client address are rate-limited (`max_connection_rate_per_ip`, `421 4.7.0`;
+//! relay clients exempt). The back-pressure stage ([`super::backpressure`]) is read at connect
+//! (refuse: `421 4.3.2`), before each command batch (defer: `452 4.3.1` at MAIL/RCPT) and after
+//! each accepted MAIL (slow: the reply is held back by `tarpit`).
+//!
 //! DKIM: mail from a client that may relay (by address or by AUTH) is signed in [`store`]
 //! when its From domain has a `[[dkim]]` key — the message as received, after Keel's
 //! `X-Keel-*` control headers are removed, so the signature covers exactly what recipients
@@ -32,13 +40,15 @@ use keel_smtp::{Enhanced, Next, Peer, Reply, ServerConfig, Session, Transaction}
 use keel_spool::Spool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::Semaphore;
+use tokio::sync::{Semaphore, watch};
+use tokio::time::Instant;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
 use super::auth::Authenticator;
-use super::limits::PerIpConnections;
+use super::backpressure::Stage;
+use super::limits::{ConnectionRate, PerIpConnections};
 use super::tls::{self, Stream};
 use crate::envelope::{Envelope, Recipient};
 use crate::events::{self, Event, EventSink, Kind};
@@ -57,6 +67,8 @@ pub struct Ingress {
     pub access: Access,
     /// The `[[dkim]]` keys, loaded at start-up; empty: nothing is signed.
     pub dkim: keel_dkim::Signers,
+    /// The back-pressure stage, published by [`super::backpressure::Monitor`].
+    pub stage: watch::Receiver<Stage>,
 }
 
 /// Who may connect and how they prove who they are: TLS, AUTH and per-client limits.
@@ -65,6 +77,8 @@ pub struct Access {
     pub tls: Option<TlsAcceptor>,
     pub auth: Authenticator,
     pub per_ip: PerIpConnections,
+    /// `None`: no connection-rate limit.
+    pub conn_rate: Option<ConnectionRate>,
 }
 
 impl Access {
@@ -78,6 +92,7 @@ impl Access {
             tls,
             auth: Authenticator::new(&cfg.smtp),
             per_ip: PerIpConnections::new(cfg.smtp.max_connections_per_ip),
+            conn_rate: cfg.smtp.max_connection_rate_per_ip.map(ConnectionRate::new),
         })
     }
 }
@@ -102,6 +117,24 @@ enum Mode {
     Plain,
     /// TLS from the first byte (`smtp.tls_listen`).
     ImplicitTls,
+}
+
+/// Pending connections the kernel holds for `accept`. The common default (128) overflows
+/// when a burst of clients connects faster than one accept-loop turn, and every dropped SYN
+/// costs that client a full second before its retransmission; the kernel caps this at
+/// `net.core.somaxconn` anyway.
+const LISTEN_BACKLOG: u32 = 4096;
+
+/// Binds an SMTP listener with [`LISTEN_BACKLOG`] (`SO_REUSEADDR`, so a restart does not wait
+/// for old connections in TIME_WAIT).
+pub fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = match addr {
+        SocketAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+        SocketAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
 }
 
 /// Accepts plain SMTP connections until shutdown.
@@ -132,6 +165,24 @@ async fn accept_loop(listener: TcpListener, ingress: Arc<Ingress>, mode: Mode) {
         let ingress2 = ingress.clone();
         ingress.tracker.spawn(async move {
             let ingress = ingress2;
+            if *ingress.stage.borrow() == Stage::Refuse {
+                let text = format!(
+                    "{} Insufficient system resources, try again later",
+                    ingress.server.hostname
+                );
+                return refuse(stream, mode, Reply::new(421, Enhanced(4, 3, 2), text)).await;
+            }
+            if let Some(rate) = &ingress.access.conn_rate
+                && !ingress.cfg.is_relay_client(peer.ip())
+                && !rate.allow(peer.ip(), std::time::Instant::now())
+            {
+                tracing::debug!(%peer, "connection rate exceeded for this client");
+                let text = format!(
+                    "{} Too many connections from your address, slow down",
+                    ingress.server.hostname
+                );
+                return refuse(stream, mode, Reply::new(421, Enhanced(4, 7, 0), text)).await;
+            }
             let Ok(_permit) = ingress.connections.clone().try_acquire_owned() else {
                 let text = format!(
                     "{} Too many connections, try again later",
@@ -188,11 +239,26 @@ async fn session(
         s.tls_started();
     }
     send(&mut stream, &s.greeting()).await?;
+    let timeouts = &ingress.cfg.smtp.timeouts;
+    let session_deadline = after(timeouts.session);
+    let mut message_deadline: Option<Instant> = None;
+    let mut stage = ingress.stage.clone();
+    let mut mails_tarpitted = 0;
     // Small per-connection buffer: thousands of idle sessions must stay cheap.
     let mut buf = vec![0u8; 16 * 1024];
     loop {
+        // Each message's data has its own deadline from its start, however steadily a client
+        // trickles it; the session's deadline bounds everything else.
+        if s.in_data() {
+            message_deadline.get_or_insert_with(|| after(timeouts.message));
+        } else {
+            message_deadline = None;
+        }
+        let deadline = after(s.read_timeout())
+            .min(session_deadline)
+            .min(message_deadline.unwrap_or(session_deadline));
         let read = tokio::select! {
-            r = tokio::time::timeout(s.read_timeout(), stream.read(&mut buf)) => r,
+            r = tokio::time::timeout_at(deadline, stream.read(&mut buf)) => r,
             _ = ingress.shutdown.cancelled(), if !s.in_data() => {
                 send(&mut stream, &s.shutdown()).await?;
                 return Ok(());
@@ -208,8 +274,15 @@ async fn session(
         if n == 0 {
             return Ok(());
         }
+        let current = *stage.borrow_and_update();
+        s.set_defer_transactions(current >= Stage::Defer);
         let mut step = s.receive(&buf[..n]);
         loop {
+            if current == Stage::Slow && s.mails_accepted() > mails_tarpitted {
+                // Hold the MAIL reply back: senders slow down and nobody is refused.
+                mails_tarpitted = s.mails_accepted();
+                tokio::time::sleep(ingress.cfg.smtp.backpressure.tarpit).await;
+            }
             if !step.output.is_empty() {
                 send(&mut stream, &step.output).await?;
             }
@@ -234,6 +307,14 @@ async fn session(
             }
         }
     }
+}
+
+/// `d` from now; a configured duration too large for the clock means "never" (about 30 years)
+/// rather than a panic.
+fn after(d: std::time::Duration) -> Instant {
+    let now = Instant::now();
+    now.checked_add(d)
+        .unwrap_or_else(|| now + std::time::Duration::from_secs(30 * 365 * 86_400))
 }
 
 /// Runs the TLS handshake within `limit`; an error, a timeout or shutdown ends the session

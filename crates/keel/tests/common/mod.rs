@@ -519,6 +519,11 @@ impl SmtpClient {
         self.stream.get_mut().write_all(bytes).unwrap();
     }
 
+    /// As [`Self::send_raw`], for tests where the server may have closed the connection.
+    pub fn try_send_raw(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.get_mut().write_all(bytes)
+    }
+
     /// Sends `line` + CRLF and returns the reply.
     pub fn cmd(&mut self, line: &str) -> String {
         self.send_raw(format!("{line}\r\n").as_bytes());
