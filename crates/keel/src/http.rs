@@ -44,6 +44,10 @@ pub struct AppState {
     pub readiness: Arc<Readiness>,
     /// Metrics and the dashboard's recent history (fed by the event stream).
     pub metrics: Arc<crate::metrics::Metrics>,
+    /// Queueing for `POST /api/v1/messages`, set once the spool is open.
+    pub submit: crate::api_messages::SubmitSlot,
+    /// `smtp.hostname`, for trace headers and Message-IDs.
+    pub hostname: Arc<str>,
 }
 
 async fn healthz() -> axum::Json<serde_json::Value> {
@@ -80,6 +84,12 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/suspend", post(suspend))
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/bounce", post(bounce))
+        .route(
+            "/api/v1/messages",
+            post(crate::api_messages::post_message).layer(axum::extract::DefaultBodyLimit::max(
+                crate::api_messages::MAX_BODY,
+            )),
+        )
         .route("/metrics", get(crate::metrics::handler))
         .merge(crate::dashboard::routes())
         .with_state(state)
@@ -100,20 +110,32 @@ pub async fn serve(listener: TcpListener, state: AppState, shutdown: Cancellatio
 pub(crate) struct ApiError {
     status: StatusCode,
     error: String,
-    field: Option<&'static str>,
+    field: Option<String>,
+    /// Every problem, when there are several (`errors` in the JSON).
+    errors: Vec<String>,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, error: impl Into<String>, field: Option<&'static str>) -> Self {
+    pub(crate) fn new(status: StatusCode, error: impl Into<String>, field: Option<&str>) -> Self {
         ApiError {
             status,
             error: error.into(),
-            field,
+            field: field.map(str::to_string),
+            errors: Vec::new(),
         }
     }
 
-    fn bad(error: impl Into<String>, field: &'static str) -> Self {
+    pub(crate) fn bad(error: impl Into<String>, field: &str) -> Self {
         Self::new(StatusCode::BAD_REQUEST, error, Some(field))
+    }
+
+    /// Names the exact field (e.g. `recipients[0].email`) and lists every problem.
+    pub(crate) fn with_details(mut self, field: Option<String>, errors: Vec<String>) -> Self {
+        if field.is_some() {
+            self.field = field;
+        }
+        self.errors = errors;
+        self
     }
 }
 
@@ -122,6 +144,9 @@ impl IntoResponse for ApiError {
         let mut body = json!({ "error": self.error });
         if let Some(f) = self.field {
             body["field"] = json!(f);
+        }
+        if !self.errors.is_empty() {
+            body["errors"] = json!(self.errors);
         }
         let mut resp = (self.status, axum::Json(body)).into_response();
         if self.status == StatusCode::UNAUTHORIZED {

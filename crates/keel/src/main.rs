@@ -1,6 +1,7 @@
 //! `keel`: the daemon (`keel serve`) and the operator's command line.
 #![forbid(unsafe_code)]
 
+mod api_messages;
 mod cli;
 mod dashboard;
 mod delivery;
@@ -15,6 +16,7 @@ mod passwd;
 mod queue;
 mod readiness;
 mod serve;
+mod top;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -92,6 +94,8 @@ enum Command {
     },
     /// Print the event log (rotated and live files, oldest first), filtered; --follow tails it.
     Logs(logs_cli::LogsArgs),
+    /// A live view of rates, queues, suspensions and shaping actions, like `top` (q quits).
+    Top(top::TopArgs),
 }
 
 fn main() -> ExitCode {
@@ -115,6 +119,7 @@ fn main() -> ExitCode {
             api,
         } => cli::bounce(api, target, dry_run, reason),
         Command::Logs(args) => logs_cli::main(args),
+        Command::Top(args) => top::main(args),
         Command::CheckConfig { path } => match keel_config::Config::load(&path) {
             Ok(_) => {
                 println!("{}: ok", path.display());

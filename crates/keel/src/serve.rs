@@ -24,6 +24,7 @@ use tokio_util::task::TaskTracker;
 use crate::delivery::{self, mx::Resolver};
 use crate::envelope::Envelope;
 use crate::ingress::smtp::{self, Ingress};
+use crate::ingress::submit::Submitter;
 use crate::metrics::Metrics;
 use crate::queue::{self, QueueManager};
 use crate::readiness::{Phase, Readiness};
@@ -97,11 +98,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     // Fed by the event stream and read at scrape time; the spool and the SMTP connection slots
     // are handed to it once they exist.
     let metrics = Arc::new(Metrics::new(cfg.spool.dir.clone()));
+    let submit_slot: crate::api_messages::SubmitSlot = Default::default();
     let http_state = http::AppState {
         queue: queue_handle.clone(),
         tokens: Arc::new(cfg.http.api_tokens.clone()),
         readiness: readiness.clone(),
         metrics: metrics.clone(),
+        submit: submit_slot.clone(),
+        hostname: Arc::from(cfg.smtp.hostname.as_str()),
     };
     let http_task = tokio::spawn(http::serve(
         http_listener,
@@ -170,17 +174,21 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         readiness: readiness.clone(),
     }
     .start(shutdown.clone());
-    let ingress = Arc::new(Ingress {
-        cfg: cfg.clone(),
-        server: Arc::new(smtp::server_config(&cfg)),
+    let submitter = Submitter {
         spool: spool.clone(),
         queue: queue_handle.clone(),
         events: events.clone(),
+        dkim,
+    };
+    let _ = submit_slot.set(submitter.clone());
+    let ingress = Arc::new(Ingress {
+        cfg: cfg.clone(),
+        server: Arc::new(smtp::server_config(&cfg)),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
         connections: smtp_slots,
         access: smtp::Access::from_config(&cfg)?,
-        dkim,
+        submitter: submitter.clone(),
         stage,
     });
     let mut listeners = Vec::new();

@@ -5,4 +5,5 @@ pub mod backpressure;
 pub mod headers;
 pub mod limits;
 pub mod smtp;
+pub mod submit;
 pub mod tls;

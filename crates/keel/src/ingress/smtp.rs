@@ -37,7 +37,6 @@ use anyhow::Context as _;
 use keel_config::Config;
 use keel_smtp::received::Trace;
 use keel_smtp::{Enhanced, Next, Peer, Reply, ServerConfig, Session, Transaction};
-use keel_spool::Spool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, watch};
@@ -49,24 +48,20 @@ use tokio_util::task::TaskTracker;
 use super::auth::Authenticator;
 use super::backpressure::Stage;
 use super::limits::{ConnectionRate, PerIpConnections};
+use super::submit::{Submission, Submitter};
 use super::tls::{self, Stream};
-use crate::envelope::{Envelope, Recipient};
-use crate::events::{self, Event, EventSink, Kind};
-use crate::queue::{QueueHandle, format_id};
+use crate::events;
 
 /// Shared by every SMTP session.
 pub struct Ingress {
     pub cfg: Arc<Config>,
     pub server: Arc<ServerConfig>,
-    pub spool: Spool,
-    pub queue: QueueHandle,
-    pub events: EventSink,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
     pub connections: Arc<Semaphore>,
     pub access: Access,
-    /// The `[[dkim]]` keys, loaded at start-up; empty: nothing is signed.
-    pub dkim: keel_dkim::Signers,
+    /// Spool, queue, events and DKIM keys: what queueing a message needs.
+    pub submitter: Submitter,
     /// The back-pressure stage, published by [`super::backpressure::Monitor`].
     pub stage: watch::Receiver<Stage>,
 }
@@ -341,124 +336,44 @@ async fn handshake(
 
 /// Makes a received message durable and queues it. `Ok(queue id)` only after the fsync.
 async fn store(ingress: &Ingress, peer: SocketAddr, tx: Transaction) -> Result<String, Reply> {
-    let id = uuid::Uuid::now_v7().as_u128();
-    let queue_id = format_id(id);
-    let now = SystemTime::now();
     let rcpts: Vec<String> = tx.rcpts.iter().map(|a| a.to_string()).collect();
     let protocol = tx.protocol();
-    let header = Trace {
-        helo: &tx.helo,
-        peer_ip: peer.ip(),
-        by: &ingress.server.hostname,
-        protocol,
-        id: &queue_id,
-        for_rcpt: (rcpts.len() == 1).then(|| rcpts[0].as_str()),
-        date: &events::rfc5322(now),
-    }
-    .header();
-    let (controls, message) = match crate::ingress::headers::extract(&tx.body) {
-        Some((controls, stripped)) => (controls, stripped),
-        None => (Default::default(), tx.body),
-    };
+    let for_rcpt = (rcpts.len() == 1).then(|| rcpts[0].clone());
+    let helo = tx.helo.clone();
+    let by = ingress.server.hostname.clone();
     // Only mail Keel relays for its own clients is signed: a message an outside client sends
     // to a local domain must not leave with our signature.
-    let may_sign = tx.authenticated.is_some() || ingress.cfg.is_relay_client(peer.ip());
-    let (message, signature) = if may_sign {
-        dkim_sign(&ingress.dkim, message, &queue_id).await
-    } else {
-        (message, None)
-    };
-    let signature = signature.unwrap_or_default();
-    let mut body = Vec::with_capacity(header.len() + signature.len() + message.len());
-    body.extend_from_slice(header.as_bytes());
-    body.extend_from_slice(signature.as_bytes());
-    body.extend_from_slice(&message);
-    drop(message);
-
-    let sender = tx.mail_from.map(|a| a.to_string()).unwrap_or_default();
-    let envelope = Envelope {
-        sender,
-        recipients: rcpts
-            .iter()
-            .map(|r| Recipient {
-                address: r.clone(),
-                done: false,
-                attempts: 0,
-            })
-            .collect(),
-        received_at_ms: events::epoch_ms(now),
+    let sign = tx.authenticated.is_some() || ingress.cfg.is_relay_client(peer.ip());
+    let submission = Submission {
+        sender: tx.mail_from.map(|a| a.to_string()).unwrap_or_default(),
+        rcpts,
+        message: tx.body,
         peer: peer.to_string(),
-        size: body.len() as u64,
-        pool: controls.pool,
-        campaign: controls.campaign,
-        // The tenant configured for the authenticated user wins over a header the client
-        // wrote: a user must not be able to send on another tenant's account.
-        tenant: tx
-            .authenticated
-            .and_then(|a| a.tenant)
-            .unwrap_or(controls.tenant),
+        sign,
+        tenant: tx.authenticated.and_then(|a| a.tenant),
     };
-    if let Err(e) = ingress.spool.append(id, envelope.encode(), body).await {
-        tracing::error!(error = %e, %peer, "cannot store a received message");
-        return Err(Reply::new(
-            451,
-            Enhanced(4, 3, 0),
-            "Requested action aborted: local storage error, try again later",
-        ));
-    }
-    let time = events::rfc3339(now);
-    for r in &rcpts {
-        ingress.events.emit(Event {
-            kind: Kind::Reception,
-            time: time.clone(),
-            id: queue_id.clone(),
-            sender: envelope.sender.clone(),
-            recipient: r.clone(),
-            size: envelope.size,
-            queue: r
-                .rsplit_once('@')
-                .map(|(_, d)| d.to_string())
-                .unwrap_or_default(),
-            site: String::new(),
-            source: String::new(),
-            attempt: 0,
-            response: None,
-            peer: envelope.peer.clone(),
-            queue_time_ms: 0,
-            action: None,
-        });
-    }
-    ingress.queue.enqueue(id, envelope);
-    Ok(queue_id)
-}
-
-/// The `DKIM-Signature` field(s) for `message`, or `None` when no key matches its From domain
-/// or it cannot be signed unambiguously (logged at debug: such mail is still accepted, unsigned).
-/// Runs on the blocking pool; the message is shared with the signing thread rather than moved,
-/// so it survives even a panic in the signer.
-async fn dkim_sign(
-    signers: &keel_dkim::Signers,
-    message: Vec<u8>,
-    queue_id: &str,
-) -> (Vec<u8>, Option<String>) {
-    if signers.is_empty() {
-        return (message, None);
-    }
-    let shared = Arc::new(message);
-    let (signers, for_signer) = (signers.clone(), shared.clone());
-    let result = tokio::task::spawn_blocking(move || signers.sign(&for_signer)).await;
-    // The signing closure (and its clone of the message) is gone once the task finished.
-    let message = Arc::try_unwrap(shared).unwrap_or_else(|shared| (*shared).clone());
-    let signature = match result {
-        Ok(Ok(signature)) => signature,
-        Ok(Err(e)) => {
-            tracing::debug!(id = %queue_id, error = %e, "message accepted without a DKIM signature");
-            None
+    let trace = |queue_id: &str, now: SystemTime| {
+        Trace {
+            helo: &helo,
+            peer_ip: peer.ip(),
+            by: &by,
+            protocol,
+            id: queue_id,
+            for_rcpt: for_rcpt.as_deref(),
+            date: &events::rfc5322(now),
         }
-        Err(e) => {
-            tracing::warn!(id = %queue_id, error = %e, "DKIM signing failed; message accepted unsigned");
-            None
-        }
+        .header()
     };
-    (message, signature)
+    ingress
+        .submitter
+        .submit(submission, trace)
+        .await
+        .map_err(|e| {
+            tracing::error!(error = %e, %peer, "cannot store a received message");
+            Reply::new(
+                451,
+                Enhanced(4, 3, 0),
+                "Requested action aborted: local storage error, try again later",
+            )
+        })
 }
