@@ -69,14 +69,14 @@ impl Target {
     }
 }
 
-struct Client {
-    base: String,
-    token: Option<String>,
-    http: reqwest::Client,
+pub(crate) struct Client {
+    pub(crate) base: String,
+    pub(crate) token: Option<String>,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Client {
-    fn new(api: &Api) -> Result<Client, String> {
+    pub(crate) fn new(api: &Api) -> Result<Client, String> {
         let cfg = match &api.config {
             Some(p) => Some(keel_config::Config::load(p).map_err(|e| e.to_string())?),
             None => None,
@@ -103,7 +103,7 @@ impl Client {
         Ok(Client { base, token, http })
     }
 
-    async fn call(
+    pub(crate) async fn call(
         &self,
         method: reqwest::Method,
         path: &str,
@@ -138,7 +138,7 @@ impl Client {
 }
 
 /// Runs an async CLI action on a small runtime and turns errors into exit code 1.
-fn run(f: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
+pub(crate) fn run(f: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     let _ = rustls::crypto::ring::default_provider().install_default();
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -159,7 +159,7 @@ fn run(f: impl std::future::Future<Output = Result<(), String>>) -> ExitCode {
     }
 }
 
-fn age(secs: u64) -> String {
+pub(crate) fn age(secs: u64) -> String {
     match secs {
         s if s < 120 => format!("{s}s"),
         s if s < 7200 => format!("{}m", s / 60),
@@ -168,7 +168,7 @@ fn age(secs: u64) -> String {
     }
 }
 
-fn s(v: &Value) -> String {
+pub(crate) fn s(v: &Value) -> String {
     match v {
         Value::Null => "-".into(),
         Value::String(x) => x.clone(),
