@@ -53,7 +53,7 @@ fn raw_message_is_queued_and_delivered() {
     );
     assert_eq!(status, 201, "{v}");
     let id = v["id"].as_str().unwrap().to_string();
-    let recs = sink.wait_count(1, Duration::from_secs(20));
+    let recs = sink.wait_count(1, Duration::from_secs(30));
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["message_id"], "<raw-1@src.test>");
     assert_eq!(recs[0]["mail_from"], "app@src.test");
@@ -67,10 +67,10 @@ fn raw_message_is_queued_and_delivered() {
         !body.contains("X-Keel-Tenant"),
         "control header delivered: {body}"
     );
-    let rec = keel.wait_events("Reception", 1, Duration::from_secs(5));
+    let rec = keel.wait_events("Reception", 1, Duration::from_secs(30));
     assert_eq!(rec[0]["id"], id);
     assert_eq!(
-        keel.wait_events("Delivery", 1, Duration::from_secs(5))
+        keel.wait_events("Delivery", 1, Duration::from_secs(30))
             .len(),
         1
     );
@@ -92,7 +92,7 @@ fn built_message_is_personalised_and_delivered() {
         }),
     );
     assert_eq!(status, 201, "{v}");
-    let recs = sink.wait_count(1, Duration::from_secs(20));
+    let recs = sink.wait_count(1, Duration::from_secs(30));
     assert_eq!(recs.len(), 1);
     assert_eq!(recs[0]["subject"], "Order A-17 shipped");
     assert_eq!(recs[0]["rcpt_tos"][0], "ann@dest.test");
@@ -176,5 +176,5 @@ fn the_api_needs_a_token_when_tokens_are_configured() {
         Some("0123456789abcdef-token"),
     );
     assert_eq!(status, 201, "{text}");
-    assert_eq!(sink.wait_count(1, Duration::from_secs(20)).len(), 1);
+    assert_eq!(sink.wait_count(1, Duration::from_secs(30)).len(), 1);
 }

@@ -143,7 +143,7 @@ fn dashboard_shows_a_suspended_queue_and_resume_delivers_it() {
     assert!(status.success(), "browser test failed:\n{out}\n{err}");
     assert!(out.contains("dashboard: ok"), "{out}\n{err}");
 
-    let recs = sink.wait_count(1, Duration::from_secs(20));
+    let recs = sink.wait_count(1, Duration::from_secs(30));
     assert_eq!(recs.len(), 1, "the resumed message reached the sink");
     assert_eq!(keel.events_of("Delivery")[0]["recipient"], "x@held.test");
 }

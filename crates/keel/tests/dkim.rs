@@ -213,7 +213,7 @@ fn smtp_mail_is_signed_with_rsa_and_ed25519_and_verifies_with_dkimpy() {
         assert!(!header_names(&unsigned).contains(&"dkim-signature".to_string()));
     }
     assert_eq!(
-        keel.wait_events("Delivery", 3, Duration::from_secs(10))
+        keel.wait_events("Delivery", 3, Duration::from_secs(30))
             .len(),
         3
     );

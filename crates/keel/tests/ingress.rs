@@ -173,7 +173,7 @@ fn sigterm_stops_cleanly_and_restart_resumes_the_queue() {
     });
     let status = smtp_source(keel.smtp_port, 2, 20, 1000, "r@later.test");
     assert!(status.success());
-    keel.wait_events("TransientFailure", 20, Duration::from_secs(20));
+    keel.wait_events("TransientFailure", 20, Duration::from_secs(30));
     let exit = keel.terminate(Duration::from_secs(20));
     assert!(
         exit.is_some_and(|s| s.success()),

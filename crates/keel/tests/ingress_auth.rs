@@ -183,7 +183,7 @@ fn starttls_then_auth_plain_relays_to_the_sink() {
     assert_eq!(code(&r["rcpt"][0]), 250, "{r}");
     assert_eq!(code(&r["data"]), 250, "{r}");
 
-    let recs = s.sink.wait_count(1, Duration::from_secs(20));
+    let recs = s.sink.wait_count(1, Duration::from_secs(30));
     assert_eq!(recs.len(), 1, "stderr: {}", s.keel.stderr());
     assert_eq!(recs[0]["message_id"], "<starttls@src.test>");
     let body = recs[0]["body"].as_str().unwrap_or("");
@@ -234,7 +234,7 @@ fn auth_login_over_the_implicit_tls_listener() {
     assert!(r["features_before"].get("starttls").is_none(), "{r}");
     assert_eq!(code(&r["auth"]), 235, "{r}");
     assert_eq!(code(&r["data"]), 250, "{r}");
-    let recs = s.sink.wait_count(1, Duration::from_secs(20));
+    let recs = s.sink.wait_count(1, Duration::from_secs(30));
     assert_eq!(recs.len(), 1, "stderr: {}", s.keel.stderr());
     let body = recs[0]["body"].as_str().unwrap_or("");
     assert!(body.contains(" with ESMTPSA id "), "{body}");
@@ -448,7 +448,7 @@ fn plaintext_auth_on_loopback_only_when_opted_in() {
     assert_eq!(r["tls"], Value::Null, "{r}");
     assert_eq!(code(&r["auth"]), 235, "{r}");
     assert_eq!(code(&r["data"]), 250, "{r}");
-    let recs = sink.wait_count(1, Duration::from_secs(20));
+    let recs = sink.wait_count(1, Duration::from_secs(30));
     assert_eq!(recs.len(), 1);
     let body = recs[0]["body"].as_str().unwrap_or("");
     assert!(body.contains(" with ESMTPA id "), "{body}");

@@ -30,8 +30,8 @@ fn smtp_source_to_smtp_sink_every_message_delivered_once() {
         "sink got {} of 300",
         sink.count()
     );
-    let receptions = keel.wait_events("Reception", 300, Duration::from_secs(10));
-    let deliveries = keel.wait_events("Delivery", 300, Duration::from_secs(10));
+    let receptions = keel.wait_events("Reception", 300, Duration::from_secs(30));
+    let deliveries = keel.wait_events("Delivery", 300, Duration::from_secs(30));
     assert_eq!(receptions.len(), 300);
     assert_eq!(deliveries.len(), 300);
     // Nothing more arrives: each message was delivered exactly once.
@@ -87,7 +87,7 @@ fn message_content_arrives_byte_exact_with_a_received_header() {
     c.send_raw(wire.as_bytes());
     let r = c.reply();
     assert!(r.starts_with("250 2.0.0 Ok: queued as "), "{r}");
-    let recs = sink.wait_count(1, Duration::from_secs(20));
+    let recs = sink.wait_count(1, Duration::from_secs(30));
     assert_eq!(recs.len(), 1);
     let got = recs[0]["body"].as_str().unwrap();
     let (received, rest) = got
@@ -118,7 +118,7 @@ fn multi_recipient_message_uses_one_transaction_per_domain() {
     c.cmd("DATA");
     c.send_raw(b"Subject: multi\r\n\r\nhello\r\n.\r\n");
     assert!(c.reply().starts_with("250"));
-    let recs = sink.wait_count(2, Duration::from_secs(20));
+    let recs = sink.wait_count(2, Duration::from_secs(30));
     assert_eq!(recs.len(), 2);
     let mut rcpt_sets: Vec<Vec<String>> = recs
         .iter()
@@ -166,7 +166,7 @@ fn many_recipients_are_split_into_transactions() {
     c.cmd("DATA");
     c.send_raw(b"Subject: split\r\n\r\nhello\r\n.\r\n");
     assert!(c.reply().starts_with("250"));
-    let recs = sink.wait_count(3, Duration::from_secs(20));
+    let recs = sink.wait_count(3, Duration::from_secs(30));
     let mut sizes: Vec<usize> = recs
         .iter()
         .map(|r| r["rcpt_tos"].as_array().unwrap().len())
@@ -174,7 +174,7 @@ fn many_recipients_are_split_into_transactions() {
     sizes.sort();
     assert_eq!(sizes, [1, 2, 2]);
     assert_eq!(
-        keel.wait_events("Delivery", 5, Duration::from_secs(10))
+        keel.wait_events("Delivery", 5, Duration::from_secs(30))
             .len(),
         5
     );
@@ -223,12 +223,12 @@ fn permanent_failure_bounces_only_that_recipient() {
     c.cmd("DATA");
     c.send_raw(b"Subject: bounce\r\n\r\nx\r\n.\r\n");
     assert!(c.reply().starts_with("250"));
-    let bounces = keel.wait_events("Bounce", 1, Duration::from_secs(20));
+    let bounces = keel.wait_events("Bounce", 1, Duration::from_secs(30));
     assert_eq!(bounces.len(), 1);
     assert_eq!(bounces[0]["recipient"], "unknown@dest.test");
     assert_eq!(bounces[0]["response"]["code"], 550);
     assert_eq!(bounces[0]["response"]["enhanced"], "5.1.1");
-    let delivered = keel.wait_events("Delivery", 1, Duration::from_secs(10));
+    let delivered = keel.wait_events("Delivery", 1, Duration::from_secs(30));
     assert_eq!(delivered[0]["recipient"], "good@dest.test");
     // Neither recipient is tried again.
     std::thread::sleep(Duration::from_millis(2500));
@@ -246,7 +246,7 @@ fn destination_down_then_up_delivers_everything() {
     });
     let status = smtp_source(keel.smtp_port, 4, 40, 1000, "rcpt@down.test");
     assert!(status.success());
-    let failures = keel.wait_events("TransientFailure", 40, Duration::from_secs(20));
+    let failures = keel.wait_events("TransientFailure", 40, Duration::from_secs(30));
     assert!(
         failures.len() >= 40,
         "only {} transient failures",
@@ -257,7 +257,7 @@ fn destination_down_then_up_delivers_everything() {
     let recs = sink.wait_count(40, Duration::from_secs(30));
     assert_eq!(recs.len(), 40, "stderr: {}", keel.stderr());
     assert_eq!(
-        keel.wait_events("Delivery", 40, Duration::from_secs(10))
+        keel.wait_events("Delivery", 40, Duration::from_secs(30))
             .len(),
         40
     );
@@ -280,7 +280,7 @@ fn messages_expire_after_max_age() {
     c.cmd("DATA");
     c.send_raw(b"Subject: expire\r\n\r\nx\r\n.\r\n");
     assert!(c.reply().starts_with("250"));
-    let expired = keel.wait_events("Expiration", 1, Duration::from_secs(15));
+    let expired = keel.wait_events("Expiration", 1, Duration::from_secs(30));
     assert_eq!(expired.len(), 1);
     assert_eq!(expired[0]["recipient"], "b@gone.test");
     assert!(expired[0]["queue_time_ms"].as_u64().unwrap() >= 3000);
@@ -339,7 +339,7 @@ fn mx_lookup_prefers_lower_preference_and_falls_back() {
     };
     assert_eq!(by_rcpt("user@example.test")[0]["site"], "mx2.example.test");
     assert_eq!(by_rcpt("user@implicit.test")[0]["site"], "implicit.test");
-    let bounces = keel.wait_events("Bounce", 2, Duration::from_secs(20));
+    let bounces = keel.wait_events("Bounce", 2, Duration::from_secs(30));
     assert_eq!(bounces.len(), 2);
     let null = by_rcpt("user@nullmx.test");
     assert_eq!(null[0]["type"], "Bounce");
@@ -381,7 +381,7 @@ fn opportunistic_starttls_is_used_when_offered() {
     });
     let status = smtp_source(keel.smtp_port, 1, 3, 500, "rcpt@tls.test");
     assert!(status.success());
-    let recs = sink.wait_count(3, Duration::from_secs(20));
+    let recs = sink.wait_count(3, Duration::from_secs(30));
     assert_eq!(recs.len(), 3, "stderr: {}", keel.stderr());
     assert!(recs.iter().all(|r| r["tls"] == true), "{recs:?}");
 }

@@ -104,7 +104,7 @@ fn egress_sources_bind_and_share_by_weight() {
     let from = |ip: &str| recs.iter().filter(|r| r["peer"] == ip).count();
     assert_eq!(from("127.0.0.2"), 20);
     assert_eq!(from("127.0.0.3"), 10);
-    let deliveries = keel.wait_events("Delivery", 30, Duration::from_secs(5));
+    let deliveries = keel.wait_events("Delivery", 30, Duration::from_secs(30));
     assert!(deliveries.iter().any(|e| e["source"] == "ip2"));
     assert!(deliveries.iter().any(|e| e["source"] == "ip3"));
 }
@@ -127,7 +127,7 @@ fn suspend_resume_and_queue_summary_through_the_cli() {
     assert!(ok, "{out}{err}");
     send(keel.smtp_port, "u@held.test", "held");
     send(keel.smtp_port, "u@free.test", "free");
-    assert_eq!(sink.wait_count(1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(sink.wait_count(1, Duration::from_secs(30)).len(), 1);
     std::thread::sleep(Duration::from_millis(1000));
     let recs = sink.records();
     assert_eq!(recs.len(), 1, "the suspended domain got mail: {recs:?}");
@@ -155,7 +155,7 @@ fn suspend_resume_and_queue_summary_through_the_cli() {
 
     let (ok, out, err) = cli(&keel, &["resume", "--domain", "held.test"]);
     assert!(ok, "{out}{err}");
-    assert_eq!(sink.wait_count(2, Duration::from_secs(10)).len(), 2);
+    assert_eq!(sink.wait_count(2, Duration::from_secs(30)).len(), 2);
     // Resuming what is not suspended is a clear error.
     let (ok, _, err) = cli(&keel, &["resume", "--domain", "held.test"]);
     assert!(!ok);
@@ -184,7 +184,7 @@ fn suspension_with_duration_ends_by_itself() {
     send(keel.smtp_port, "u@later.test", "later");
     std::thread::sleep(Duration::from_millis(800));
     assert!(sink.records().is_empty());
-    assert_eq!(sink.wait_count(1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(sink.wait_count(1, Duration::from_secs(30)).len(), 1);
 }
 
 #[test]
@@ -200,7 +200,7 @@ fn admin_bounce_with_dry_run() {
         send(keel.smtp_port, &format!("u{i}@dead.test"), "dead");
     }
     send(keel.smtp_port, "u@other.test", "other");
-    keel.wait_events("TransientFailure", 4, Duration::from_secs(10));
+    keel.wait_events("TransientFailure", 4, Duration::from_secs(30));
     let (ok, out, err) = cli(
         &keel,
         &["bounce", "--domain", "dead.test", "--dry-run", "--json"],
@@ -218,7 +218,7 @@ fn admin_bounce_with_dry_run() {
     );
     assert!(ok);
     assert!(out.contains("bounced 3 recipients in 3 messages"), "{out}");
-    let bounced = keel.wait_events("AdminBounce", 3, Duration::from_secs(5));
+    let bounced = keel.wait_events("AdminBounce", 3, Duration::from_secs(30));
     assert_eq!(bounced.len(), 3);
     assert!(
         bounced[0]["response"]["text"]
@@ -296,7 +296,7 @@ fn reply_rule_suspends_then_delivery_resumes() {
     });
     let status = smtp_source(keel.smtp_port, 1, 12, 300, "r@ruled.test");
     assert!(status.success());
-    let actions = keel.wait_events("ShapingAction", 1, Duration::from_secs(20));
+    let actions = keel.wait_events("ShapingAction", 1, Duration::from_secs(30));
     assert!(
         !actions.is_empty(),
         "no shaping action; stderr: {}",
@@ -324,7 +324,7 @@ fn reply_rule_suspends_then_delivery_resumes() {
     // Everything is delivered once the suspension ends.
     assert_eq!(sink.wait_count(12, Duration::from_secs(40)).len(), 12);
     assert_eq!(
-        keel.wait_events("Delivery", 12, Duration::from_secs(5))
+        keel.wait_events("Delivery", 12, Duration::from_secs(30))
             .len(),
         12
     );
@@ -396,7 +396,7 @@ fn full_ready_queue_holds_jobs_in_the_scheduled_queue() {
     assert!(!delayed.is_empty(), "no Delayed event");
     assert!(delayed[0]["action"].as_str().unwrap().contains("is full"));
     assert_eq!(
-        keel.wait_events("Delivery", 12, Duration::from_secs(5))
+        keel.wait_events("Delivery", 12, Duration::from_secs(30))
             .len(),
         12
     );

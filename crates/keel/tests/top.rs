@@ -60,7 +60,7 @@ fn top_once_and_json_show_a_suspended_domain_with_its_mail() {
     send(keel.smtp_port, &["a@held.test", "b@held.test"]);
     send(keel.smtp_port, &["c@held.test"]);
     send(keel.smtp_port, &["u@free.test"]);
-    assert_eq!(sink.wait_count(1, Duration::from_secs(10)).len(), 1);
+    assert_eq!(sink.wait_count(1, Duration::from_secs(30)).len(), 1);
 
     let (ok, text, err) = cli(&keel, &["top", "--once"]);
     assert!(ok, "{text}{err}");
