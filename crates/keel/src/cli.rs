@@ -363,3 +363,19 @@ pub fn bounce(api: Api, target: Target, dry_run: bool, reason: Option<String>) -
         Ok(())
     })
 }
+
+/// `keel reload`: the daemon re-reads its configuration file (like SIGHUP).
+pub fn reload(api: Api) -> ExitCode {
+    run(async move {
+        let c = Client::new(&api)?;
+        let v = c
+            .call(reqwest::Method::POST, "/api/v1/reload", None)
+            .await?;
+        if api.json {
+            println!("{v}");
+        } else {
+            println!("{}", s(&v["summary"]));
+        }
+        Ok(())
+    })
+}

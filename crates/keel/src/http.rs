@@ -40,7 +40,10 @@ use crate::readiness::{Phase, Readiness};
 #[derive(Clone)]
 pub struct AppState {
     pub queue: QueueHandle,
-    pub tokens: Arc<Vec<String>>,
+    /// Swapped on reload.
+    pub tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
+    /// Asks the daemon to reload its configuration; the answer says what changed or why not.
+    pub reload: tokio::sync::mpsc::Sender<tokio::sync::oneshot::Sender<Result<String, String>>>,
     pub readiness: Arc<Readiness>,
     /// Metrics and the dashboard's recent history (fed by the event stream).
     pub metrics: Arc<crate::metrics::Metrics>,
@@ -84,6 +87,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/v1/suspend", post(suspend))
         .route("/api/v1/resume", post(resume))
         .route("/api/v1/bounce", post(bounce))
+        .route("/api/v1/reload", post(reload))
         .route(
             "/api/v1/messages",
             post(crate::api_messages::post_message).layer(axum::extract::DefaultBodyLimit::max(
@@ -176,7 +180,8 @@ pub(crate) fn authorize(
     headers: &HeaderMap,
     peer: SocketAddr,
 ) -> Result<(), ApiError> {
-    if state.tokens.is_empty() {
+    let tokens = state.tokens.load();
+    if tokens.is_empty() {
         if peer.ip().is_loopback() {
             return Ok(());
         }
@@ -199,7 +204,7 @@ pub(crate) fn authorize(
         ));
     };
     // Check every token, so timing does not tell which one (if any) was close.
-    let ok = state.tokens.iter().fold(false, |ok, t| {
+    let ok = tokens.iter().fold(false, |ok, t| {
         ok | constant_time_eq(t.as_bytes(), given.as_bytes())
     });
     if ok {
@@ -392,6 +397,26 @@ async fn bounce(
         .await
         .ok_or_else(unavailable)?;
     Ok(axum::Json(result).into_response())
+}
+
+/// `POST /api/v1/reload`: re-read and apply the configuration file (like SIGHUP).
+async fn reload(
+    State(state): State<AppState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    authorize(&state, &headers, peer)?;
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    state.reload.send(tx).await.map_err(|_| unavailable())?;
+    match rx.await.map_err(|_| unavailable())? {
+        Ok(summary) => {
+            Ok(axum::Json(json!({ "reloaded": true, "summary": summary })).into_response())
+        }
+        Err(errors) => Err(ApiError::bad(
+            format!("configuration not reloaded; the running one stays in force:\n{errors}"),
+            "config",
+        )),
+    }
 }
 
 #[cfg(test)]

@@ -72,6 +72,12 @@ enum Command {
         #[command(flatten)]
         api: cli::Api,
     },
+    /// Make the running daemon re-read its configuration file (like SIGHUP). On an error the
+    /// running configuration stays in force and the errors are printed.
+    Reload {
+        #[command(flatten)]
+        api: cli::Api,
+    },
     /// Lift a suspension.
     Resume {
         #[command(flatten)]
@@ -112,6 +118,7 @@ fn main() -> ExitCode {
             api,
         } => cli::suspend(api, target, duration, reason),
         Command::Resume { target, api } => cli::resume(api, target),
+        Command::Reload { api } => cli::reload(api),
         Command::Bounce {
             target,
             dry_run,

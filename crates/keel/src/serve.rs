@@ -99,9 +99,12 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     // are handed to it once they exist.
     let metrics = Arc::new(Metrics::new(cfg.spool.dir.clone()));
     let submit_slot: crate::api_messages::SubmitSlot = Default::default();
+    let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(cfg.http.api_tokens.clone()));
+    let (reload_tx, mut reload_rx) = tokio::sync::mpsc::channel(4);
     let http_state = http::AppState {
         queue: queue_handle.clone(),
-        tokens: Arc::new(cfg.http.api_tokens.clone()),
+        tokens: tokens.clone(),
+        reload: reload_tx,
         readiness: readiness.clone(),
         metrics: metrics.clone(),
         submit: submit_slot.clone(),
@@ -174,15 +177,16 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
         readiness: readiness.clone(),
     }
     .start(shutdown.clone());
+    let dkim = Arc::new(arc_swap::ArcSwap::from_pointee(dkim));
     let submitter = Submitter {
         spool: spool.clone(),
         queue: queue_handle.clone(),
         events: events.clone(),
-        dkim,
+        dkim: dkim.clone(),
     };
     let _ = submit_slot.set(submitter.clone());
     let ingress = Arc::new(Ingress {
-        cfg: cfg.clone(),
+        cfg: arc_swap::ArcSwap::new(cfg.clone()),
         server: Arc::new(smtp::server_config(&cfg)),
         shutdown: shutdown.clone(),
         tracker: tracker.clone(),
@@ -205,7 +209,14 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     }
     readiness.set(Phase::Ready);
 
-    wait_for_signal().await;
+    let live = Live {
+        cfg: cfg.clone(),
+        tokens,
+        dkim,
+        ingress: ingress.clone(),
+        queue: queue_handle.clone(),
+    };
+    serve_until_stopped(live, &mut reload_rx).await;
     tracing::info!("shutting down: no new connections; finishing messages in progress");
     readiness.set(Phase::Draining);
     shutdown.cancel();
@@ -242,17 +253,113 @@ async fn run(cfg: Arc<Config>) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn wait_for_signal() {
+/// What a reload swaps: the parts of the running daemon that take a new configuration
+/// without restarting (listeners, spool and log locations, TLS and users need a restart).
+struct Live {
+    cfg: Arc<Config>,
+    tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
+    dkim: Arc<arc_swap::ArcSwap<keel_dkim::Signers>>,
+    ingress: Arc<Ingress>,
+    queue: queue::QueueHandle,
+}
+
+type ReloadRequest = tokio::sync::oneshot::Sender<Result<String, String>>;
+
+/// Runs until SIGTERM or Ctrl-C, reloading on SIGHUP and on `POST /api/v1/reload`.
+async fn serve_until_stopped(
+    mut live: Live,
+    requests: &mut tokio::sync::mpsc::Receiver<ReloadRequest>,
+) {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = match signal(SignalKind::terminate()) {
-        Ok(s) => s,
-        Err(e) => {
-            tracing::error!(error = %e, "cannot watch SIGTERM");
+    let (mut term, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(h)) => (t, h),
+        (Err(e), _) | (_, Err(e)) => {
+            tracing::error!(error = %e, "cannot watch SIGTERM/SIGHUP");
             return std::future::pending().await;
         }
     };
-    tokio::select! {
-        _ = term.recv() => {},
-        _ = tokio::signal::ctrl_c() => {},
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading the configuration");
+                let _ = reload(&mut live).await;
+            }
+            Some(reply) = requests.recv() => {
+                let _ = reply.send(reload(&mut live).await);
+            }
+        }
     }
+}
+
+/// Re-reads the configuration file; on any error the running configuration stays in force.
+/// On success the new one is swapped in atomically, part by part: shaping limits and reply
+/// rules, routes, retry schedule, egress pools (queue manager and ready queues), DKIM keys,
+/// API tokens, relay networks and SMTP timeouts. No session or queued message is dropped.
+async fn reload(live: &mut Live) -> Result<String, String> {
+    let result = reload_inner(live).await;
+    match &result {
+        Ok(summary) => tracing::info!(%summary, "configuration reloaded"),
+        Err(e) => {
+            tracing::error!(error = %e, "configuration not reloaded; the running one stays in force")
+        }
+    }
+    result
+}
+
+async fn reload_inner(live: &mut Live) -> Result<String, String> {
+    let Some(path) = live.cfg.source.clone() else {
+        return Err("Keel was started without --config: there is no file to reload".into());
+    };
+    let load_path = path.clone();
+    let new = tokio::task::spawn_blocking(move || Config::load(&load_path))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|errors| errors.to_string())?;
+    let keys = new.dkim.clone();
+    let signers = tokio::task::spawn_blocking(move || keel_dkim::Signers::load(&keys))
+        .await
+        .map_err(|e| e.to_string())?
+        .map_err(|e| format!("{}: [[dkim]]: {e}", path.display()))?;
+    let new = Arc::new(new);
+    let old = &live.cfg;
+    let mut restart = Vec::new();
+    if new.smtp.listen != old.smtp.listen || new.smtp.tls_listen != old.smtp.tls_listen {
+        restart.push("smtp.listen/tls_listen");
+    }
+    if new.http.listen != old.http.listen {
+        restart.push("http.listen");
+    }
+    if new.spool.dir != old.spool.dir {
+        restart.push("spool.dir");
+    }
+    if new.log != old.log {
+        restart.push("[log]");
+    }
+    if new.smtp.tls != old.smtp.tls || new.smtp.users != old.smtp.users {
+        restart.push("smtp TLS/users");
+    }
+    live.queue
+        .ask(|reply| queue::Command::Reload {
+            cfg: new.clone(),
+            reply,
+        })
+        .await
+        .ok_or("the queue manager is shutting down")?;
+    live.dkim.store(Arc::new(signers));
+    live.tokens.store(Arc::new(new.http.api_tokens.clone()));
+    live.ingress.cfg.store(new.clone());
+    live.cfg = new;
+    let mut summary = format!("reloaded {}", path.display());
+    if !restart.is_empty() {
+        summary.push_str(&format!(
+            "; changes to {} take effect after a restart",
+            restart.join(", ")
+        ));
+    }
+    Ok(summary)
 }

@@ -79,6 +79,8 @@ pub enum DestMsg {
     },
     /// How a transaction went, for adaptive shaping.
     Feedback(Feedback),
+    /// New limits after a configuration reload.
+    Limits(Limits),
 }
 
 /// What a finished transaction (or connection attempt) says about the site's mood.
@@ -314,6 +316,25 @@ impl DestinationTask {
                     ));
                 }
                 DestMsg::Feedback(f) => self.feedback(f),
+                DestMsg::Limits(limits) => {
+                    // New limits apply from the next job; connections beyond a lowered cap close
+                    // as they finish their transaction.
+                    self.limits = limits;
+                    self.msg_limiter = rate::optional(limits.max_message_rate, 1);
+                    self.conn_limiter = rate::optional(limits.max_connection_rate, 1);
+                    // Not cut back by adaptive shaping: follow the new maximum at once; cut back:
+                    // keep recovering from where it is, within the new maximum.
+                    let at_max = self.adaptive.current >= self.adaptive.max;
+                    self.adaptive.max = limits.max_connections.max(1);
+                    self.adaptive.current = if at_max || !self.adaptive.enabled {
+                        self.adaptive.max
+                    } else {
+                        self.adaptive.current.min(self.adaptive.max)
+                    };
+                    self.stats
+                        .effective_max_connections
+                        .store(self.adaptive.current, Ordering::Relaxed);
+                }
                 DestMsg::Next(reply) => self.idle.push(reply),
                 DestMsg::WorkerExit => self.workers = self.workers.saturating_sub(1),
                 DestMsg::Recall(pred) => {

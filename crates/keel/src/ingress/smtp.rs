@@ -54,7 +54,8 @@ use crate::events;
 
 /// Shared by every SMTP session.
 pub struct Ingress {
-    pub cfg: Arc<Config>,
+    /// Swapped on reload (relay networks, timeouts, back-pressure tarpit).
+    pub cfg: arc_swap::ArcSwap<Config>,
     pub server: Arc<ServerConfig>,
     pub shutdown: CancellationToken,
     pub tracker: TaskTracker,
@@ -168,7 +169,7 @@ async fn accept_loop(listener: TcpListener, ingress: Arc<Ingress>, mode: Mode) {
                 return refuse(stream, mode, Reply::new(421, Enhanced(4, 3, 2), text)).await;
             }
             if let Some(rate) = &ingress.access.conn_rate
-                && !ingress.cfg.is_relay_client(peer.ip())
+                && !ingress.cfg.load().is_relay_client(peer.ip())
                 && !rate.allow(peer.ip(), std::time::Instant::now())
             {
                 tracing::debug!(%peer, "connection rate exceeded for this client");
@@ -220,7 +221,7 @@ async fn session(
     mode: Mode,
 ) -> std::io::Result<()> {
     let _ = tcp.set_nodelay(true);
-    let relay_allowed = ingress.cfg.is_relay_client(peer.ip());
+    let relay_allowed = ingress.cfg.load().is_relay_client(peer.ip());
     let mut s = Session::new(
         ingress.server.clone(),
         Peer {
@@ -230,11 +231,12 @@ async fn session(
     );
     let mut stream = Stream::Plain(tcp);
     if mode == Mode::ImplicitTls {
-        stream = handshake(stream, ingress, ingress.cfg.smtp.timeouts.greeting).await?;
+        stream = handshake(stream, ingress, ingress.cfg.load().smtp.timeouts.greeting).await?;
         s.tls_started();
     }
     send(&mut stream, &s.greeting()).await?;
-    let timeouts = &ingress.cfg.smtp.timeouts;
+    let cfg = ingress.cfg.load_full();
+    let timeouts = &cfg.smtp.timeouts;
     let session_deadline = after(timeouts.session);
     let mut message_deadline: Option<Instant> = None;
     let mut stage = ingress.stage.clone();
@@ -276,7 +278,7 @@ async fn session(
             if current == Stage::Slow && s.mails_accepted() > mails_tarpitted {
                 // Hold the MAIL reply back: senders slow down and nobody is refused.
                 mails_tarpitted = s.mails_accepted();
-                tokio::time::sleep(ingress.cfg.smtp.backpressure.tarpit).await;
+                tokio::time::sleep(ingress.cfg.load().smtp.backpressure.tarpit).await;
             }
             if !step.output.is_empty() {
                 send(&mut stream, &step.output).await?;
@@ -343,7 +345,7 @@ async fn store(ingress: &Ingress, peer: SocketAddr, tx: Transaction) -> Result<S
     let by = ingress.server.hostname.clone();
     // Only mail Keel relays for its own clients is signed: a message an outside client sends
     // to a local domain must not leave with our signature.
-    let sign = tx.authenticated.is_some() || ingress.cfg.is_relay_client(peer.ip());
+    let sign = tx.authenticated.is_some() || ingress.cfg.load().is_relay_client(peer.ip());
     let submission = Submission {
         sender: tx.mail_from.map(|a| a.to_string()).unwrap_or_default(),
         rcpts,

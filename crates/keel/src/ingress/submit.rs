@@ -21,8 +21,8 @@ pub struct Submitter {
     pub spool: Spool,
     pub queue: QueueHandle,
     pub events: EventSink,
-    /// `[[dkim]]` keys; empty: nothing is signed.
-    pub dkim: keel_dkim::Signers,
+    /// `[[dkim]]` keys; empty: nothing is signed. Swapped on reload.
+    pub dkim: Arc<arc_swap::ArcSwap<keel_dkim::Signers>>,
 }
 
 /// One message to queue.
@@ -63,7 +63,7 @@ impl Submitter {
             None => (Default::default(), s.message),
         };
         let (message, signature) = if s.sign {
-            dkim_sign(&self.dkim, message, &queue_id).await
+            dkim_sign(&self.dkim.load_full(), message, &queue_id).await
         } else {
             (message, None)
         };

@@ -76,6 +76,11 @@ pub enum Command {
         reason: String,
         reply: oneshot::Sender<admin::BounceResult>,
     },
+    /// A new configuration (already validated) to apply.
+    Reload {
+        cfg: Arc<Config>,
+        reply: oneshot::Sender<()>,
+    },
 }
 
 /// Cheap handle to the queue manager.
@@ -123,6 +128,9 @@ struct Destination {
     backlog: fair::FairQueue,
     /// Message bytes of the outstanding jobs.
     outstanding_bytes: u64,
+    /// The domain and MX hosts the limits were computed for (recomputed on reload).
+    domain: String,
+    mx_hosts: Vec<String>,
     stats: Arc<delivery::ReadyStats>,
     limits: keel_config::Limits,
     /// Jobs dispatched to it whose outcome has not come back yet.
@@ -297,6 +305,10 @@ impl QueueManager {
                     }
                     Some(Command::Bounce { selector, dry_run, reason, reply }) => {
                         let _ = reply.send(self.bounce(&selector, dry_run, &reason));
+                    }
+                    Some(Command::Reload { cfg, reply }) => {
+                        self.reload(cfg);
+                        let _ = reply.send(());
                     }
                     None => break,
                 },
@@ -477,9 +489,10 @@ impl QueueManager {
         if waiting.len() == 1 {
             // First job for this domain: look it up off the manager's task.
             let ctx = self.delivery.clone();
+            let cfg = self.cfg.clone();
             let handle = self.handle.clone();
             self.delivery.tracker.spawn(async move {
-                let result = site::resolve(&ctx.cfg, &ctx.resolver, &domain).await;
+                let result = site::resolve(&cfg, &ctx.resolver, &domain).await;
                 let _ = handle.tx.send(Command::Resolved { domain, result });
             });
         }
@@ -539,6 +552,8 @@ impl QueueManager {
                         limits,
                         backlog: Default::default(),
                         outstanding_bytes: 0,
+                        domain: job.domain.clone(),
+                        mx_hosts: site.mx_hosts.clone(),
                         outstanding: 0,
                         idle_since: None,
                     })
@@ -626,6 +641,26 @@ impl QueueManager {
                 action: Some(action.clone()),
             });
         }
+    }
+
+    /// Applies a new configuration: retry schedule, pools, routes (sites are looked up again),
+    /// shaping limits of every ready queue, reply rules.
+    fn reload(&mut self, cfg: Arc<Config>) {
+        self.pools = cfg
+            .egress
+            .pools
+            .iter()
+            .map(|p| (p.name.clone(), PoolPicker::new(&p.members)))
+            .collect();
+        self.sites.clear();
+        for d in self.destinations.values_mut() {
+            let limits = cfg.shaping.limits_for(&d.domain, &d.mx_hosts);
+            if limits != d.limits {
+                d.limits = limits;
+                let _ = d.tx.send(DestMsg::Limits(limits));
+            }
+        }
+        self.cfg = cfg;
     }
 
     /// Lets go of destinations with nothing outstanding for a while: dropping the sender ends
