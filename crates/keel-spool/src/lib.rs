@@ -140,6 +140,11 @@ pub struct RecoveredMessage {
     pub body_len: u64,
 }
 
+/// Upper bounds (microseconds) of the fdatasync latency buckets in [`SpoolStats`].
+pub const SYNC_LATENCY_BOUNDS_MICROS: [u64; 11] = [
+    500, 1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 64_000, 128_000, 256_000, 512_000,
+];
+
 /// A snapshot of the spool's state and counters, for metrics and tests.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
 pub struct SpoolStats {
@@ -153,6 +158,14 @@ pub struct SpoolStats {
     pub segments: u64,
     /// `fdatasync` calls made by the writer since open.
     pub syncs: u64,
+    /// Appends acknowledged by synced batches since open; `synced_appends / syncs` is the
+    /// mean group-commit batch size.
+    pub synced_appends: u64,
+    /// Total time spent in `fdatasync` since open, in microseconds.
+    pub sync_micros: u64,
+    /// `fdatasync` latencies since open: counts per bucket of [`SYNC_LATENCY_BOUNDS_MICROS`]
+    /// (each bucket: up to and including its bound), the last one for anything slower.
+    pub sync_latency_buckets: [u64; SYNC_LATENCY_BOUNDS_MICROS.len() + 1],
     /// Batches rejected because a write or sync failed, since open.
     pub failed_batches: u64,
     /// Messages copied forward by compaction, since open.
@@ -369,6 +382,9 @@ impl Spool {
         let counters = &shared.counters;
         let mut stats = SpoolStats {
             syncs: Counters::get(&counters.syncs),
+            synced_appends: Counters::get(&counters.synced_appends),
+            sync_micros: Counters::get(&counters.sync_micros),
+            sync_latency_buckets: std::array::from_fn(|i| Counters::get(&counters.sync_buckets[i])),
             failed_batches: Counters::get(&counters.failed_batches),
             relocated_messages: Counters::get(&counters.relocated_messages),
             deleted_segments: Counters::get(&counters.deleted_segments),

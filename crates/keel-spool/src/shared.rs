@@ -43,6 +43,12 @@ impl Shared {
 #[derive(Default)]
 pub(crate) struct Counters {
     pub(crate) syncs: AtomicU64,
+    /// Appends acknowledged by synced batches (÷ syncs = mean group-commit batch size).
+    pub(crate) synced_appends: AtomicU64,
+    /// Time spent in fdatasync, microseconds.
+    pub(crate) sync_micros: AtomicU64,
+    /// fdatasync latencies per bucket of [`crate::SYNC_LATENCY_BOUNDS_MICROS`] (last: larger).
+    pub(crate) sync_buckets: [AtomicU64; crate::SYNC_LATENCY_BOUNDS_MICROS.len() + 1],
     pub(crate) failed_batches: AtomicU64,
     pub(crate) relocated_messages: AtomicU64,
     pub(crate) deleted_segments: AtomicU64,

@@ -472,6 +472,7 @@ impl Writer {
             }
         }
         Counters::add(&self.shared.counters.relocated_messages, relocated);
+        Counters::add(&self.shared.counters.synced_appends, acks.len() as u64);
         self.active = Some(active);
         for ack in acks {
             ack.send(Ok(()));
@@ -513,7 +514,17 @@ impl Writer {
             let eio = std::io::Error::from_raw_os_error(5);
             return Err(SpoolError::io("sync", file.path(), eio));
         }
-        file.sync_data()
+        let started = Instant::now();
+        let result = file.sync_data();
+        let micros = started.elapsed().as_micros() as u64;
+        let counters = &self.shared.counters;
+        Counters::add(&counters.sync_micros, micros);
+        let bucket = crate::SYNC_LATENCY_BOUNDS_MICROS
+            .iter()
+            .position(|&bound| micros <= bound)
+            .unwrap_or(crate::SYNC_LATENCY_BOUNDS_MICROS.len());
+        Counters::add(&counters.sync_buckets[bucket], 1);
+        result
     }
 
     /// Cuts the active segment back to its last synced offset and makes that durable.

@@ -126,6 +126,7 @@ pub struct Metrics {
     spool_disk_bytes: Gauge,
     spool_segments: Gauge,
     spool_syncs: Counter,
+    spool_synced_appends: Counter,
     spool_free_bytes: Gauge,
     smtp_connections: Gauge,
     smtp_max_connections: Gauge,
@@ -254,6 +255,16 @@ impl Metrics {
                 );
                 c
             },
+            spool_synced_appends: {
+                let c = Counter::default();
+                r.register(
+                    "keel_spool_group_commit_appends",
+                    "Messages made durable by group commits (divided by keel_spool_syncs_total: \
+                     the mean batch size)",
+                    c.clone(),
+                );
+                c
+            },
             spool_free_bytes: gauge(
                 &mut r,
                 "keel_spool_free_bytes",
@@ -361,6 +372,9 @@ impl Metrics {
             // The spool counts since open and so does this counter (one spool per process).
             let seen = self.spool_syncs.get();
             self.spool_syncs.inc_by(st.syncs.saturating_sub(seen));
+            let seen = self.spool_synced_appends.get();
+            self.spool_synced_appends
+                .inc_by(st.synced_appends.saturating_sub(seen));
         }
         if let Some(f) = free {
             self.spool_free_bytes.set(to_i64(f));
@@ -372,8 +386,41 @@ impl Metrics {
         }
         let mut out = String::with_capacity(8192);
         prometheus_client::encoding::text::encode(&mut out, &self.registry)?;
+        if let Some(st) = spool {
+            // The spool keeps its own fixed buckets (it does not depend on a metrics crate);
+            // they are written out as a histogram family before the final `# EOF`.
+            let eof = out.rfind("# EOF").unwrap_or(out.len());
+            out.insert_str(eof, &sync_histogram(&st));
+        }
         Ok(out)
     }
+}
+
+/// The spool's fdatasync latencies as an OpenMetrics histogram family.
+fn sync_histogram(st: &keel_spool::SpoolStats) -> String {
+    use std::fmt::Write;
+    let mut t = String::from(
+        "# HELP keel_spool_sync_seconds fdatasync latency of the spool writer (one per group commit).\n\
+         # TYPE keel_spool_sync_seconds histogram\n",
+    );
+    let mut cumulative = 0u64;
+    for (i, bound) in keel_spool::SYNC_LATENCY_BOUNDS_MICROS.iter().enumerate() {
+        cumulative += st.sync_latency_buckets[i];
+        let _ = writeln!(
+            t,
+            "keel_spool_sync_seconds_bucket{{le=\"{}\"}} {cumulative}",
+            *bound as f64 / 1e6
+        );
+    }
+    let total: u64 = st.sync_latency_buckets.iter().sum();
+    let _ = writeln!(t, "keel_spool_sync_seconds_bucket{{le=\"+Inf\"}} {total}");
+    let _ = writeln!(
+        t,
+        "keel_spool_sync_seconds_sum {}",
+        st.sync_micros as f64 / 1e6
+    );
+    let _ = writeln!(t, "keel_spool_sync_seconds_count {total}");
+    t
 }
 
 impl events::Observer for Metrics {

@@ -194,6 +194,12 @@ fn counters_match_a_known_workload() {
     assert!(m["keel_spool_segments"] >= 1.0);
     assert!(m["keel_spool_disk_bytes"] >= m["keel_spool_live_bytes"]);
     assert!(m["keel_spool_live_bytes"] > 0.0);
+    // Every accepted message went through a group commit; the fsync histogram is complete.
+    assert_eq!(m["keel_spool_group_commit_appends_total"], 58.0);
+    let syncs = m["keel_spool_sync_seconds_count"];
+    assert!(syncs >= 1.0 && syncs <= m["keel_spool_syncs_total"]);
+    assert_eq!(m["keel_spool_sync_seconds_bucket{le=\"+Inf\"}"], syncs);
+    assert!(m["keel_spool_sync_seconds_sum"] > 0.0);
 
     // Inbound connections: smtp-source has finished, the limit is the configured one.
     assert_eq!(m["keel_smtp_connections"], 0.0);
