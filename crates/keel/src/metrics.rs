@@ -49,6 +49,29 @@ const RECEIVED_ID_WINDOW: usize = 4096;
 struct EventLabels {
     r#type: &'static str,
     source: String,
+    /// The destination's provider class (bounded: a handful of values).
+    site_class: &'static str,
+}
+
+/// Which large mailbox provider a site belongs to, from its MX host names, so traffic to
+/// the providers that matter most can be told apart without one series per domain.
+pub fn site_class(site: &str) -> &'static str {
+    let s = site.to_ascii_lowercase();
+    if s.is_empty() {
+        "none"
+    } else if s.contains("google.com") || s.contains("googlemail.com") {
+        "google"
+    } else if s.contains("yahoodns.net") || s.contains("yahoo.com") || s.contains("aol.com") {
+        "yahoo"
+    } else if s.contains("outlook.com") || s.contains("hotmail.com") || s.contains("msn.com") {
+        "microsoft"
+    } else if s.contains("icloud.com") || s.contains("apple.com") || s.contains("me.com") {
+        "apple"
+    } else if s.starts_with("route:") {
+        "smarthost"
+    } else {
+        "other"
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,7 +186,7 @@ impl Metrics {
         let events = Family::<EventLabels, Counter>::default();
         r.register(
             "keel_events",
-            "Events emitted, by type and egress source (empty for Reception)",
+            "Events emitted, by type, egress source (empty for Reception) and site class (google, yahoo, microsoft, apple, smarthost, other)",
             events.clone(),
         );
         let received = Counter::default();
@@ -430,6 +453,7 @@ impl events::Observer for Metrics {
             .get_or_create(&EventLabels {
                 r#type: kind,
                 source: e.source.clone(),
+                site_class: site_class(&e.site),
             })
             .inc();
         let result = match e.kind {
@@ -527,7 +551,9 @@ mod tests {
         let text = m.render(None).unwrap();
         assert!(text.contains("keel_messages_received_total 2\n"), "{text}");
         assert!(
-            text.contains("keel_events_total{type=\"Reception\",source=\"\"} 3\n"),
+            text.contains(
+                "keel_events_total{type=\"Reception\",source=\"\",site_class=\"other\"} 3\n"
+            ),
             "{text}"
         );
         assert!(
@@ -554,5 +580,27 @@ mod tests {
         assert!(r.set.len() <= RECEIVED_ID_WINDOW);
         assert!(!r.first_sight(&(RECEIVED_ID_WINDOW + 9).to_string()));
         assert!(r.first_sight("0"), "the oldest id left the window");
+    }
+}
+
+#[cfg(test)]
+mod site_class_tests {
+    use super::site_class;
+
+    #[test]
+    fn classes() {
+        assert_eq!(site_class("alt1.gmail-smtp-in.l.google.com"), "google");
+        assert_eq!(
+            site_class("mta5.am0.yahoodns.net,mta6.am0.yahoodns.net"),
+            "yahoo"
+        );
+        assert_eq!(
+            site_class("example-com.mail.protection.outlook.com"),
+            "microsoft"
+        );
+        assert_eq!(site_class("mx01.mail.icloud.com"), "apple");
+        assert_eq!(site_class("route:127.0.0.1:2526"), "smarthost");
+        assert_eq!(site_class("mx.example.org"), "other");
+        assert_eq!(site_class(""), "none");
     }
 }
