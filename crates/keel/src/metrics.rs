@@ -137,6 +137,7 @@ pub struct Metrics {
     queued_bytes: Gauge,
     scheduled_queues: Gauge,
     ready_queues: Gauge,
+    connections_out: Gauge,
     suspensions: Gauge,
     queue_messages: Family<QueueLabels, Gauge>,
     queue_recipients: Family<QueueLabels, Gauge>,
@@ -225,6 +226,11 @@ impl Metrics {
                 &mut r,
                 "keel_ready_queues",
                 "Ready queues (egress source, site) alive",
+            ),
+            connections_out: gauge(
+                &mut r,
+                "keel_smtp_outbound_connections",
+                "Outbound SMTP connections open, all ready queues",
             ),
             suspensions: gauge(&mut r, "keel_suspensions", "Active suspensions"),
             queue_messages: family(
@@ -358,6 +364,7 @@ impl Metrics {
             self.queued_bytes.set(to_i64(s.bytes));
             self.scheduled_queues.set(to_i64(s.scheduled_queues));
             self.ready_queues.set(to_i64(s.ready_queues));
+            self.connections_out.set(to_i64(s.connections_out));
             self.suspensions.set(to_i64(s.suspensions.len()));
             for q in s.scheduled.iter().take(TOP_N) {
                 let l = QueueLabels {

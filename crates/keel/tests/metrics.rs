@@ -203,5 +203,6 @@ fn counters_match_a_known_workload() {
 
     // Inbound connections: smtp-source has finished, the limit is the configured one.
     assert_eq!(m["keel_smtp_connections"], 0.0);
+    assert!(m.contains_key("keel_smtp_outbound_connections"));
     assert!(m["keel_smtp_max_connections"] >= 1.0);
 }

@@ -146,6 +146,8 @@ pub struct Snapshot {
     pub scheduled_queues: usize,
     /// How many ready queues exist; `ready` lists the busiest of them.
     pub ready_queues: usize,
+    /// Outbound connections open across every ready queue.
+    pub connections_out: usize,
     pub scheduled: Vec<ScheduledView>,
     pub ready: Vec<ReadyView>,
     pub suspensions: Vec<Suspension>,
@@ -437,6 +439,11 @@ impl QueueManager {
         let scheduled: Vec<ScheduledView> =
             order.iter().filter_map(|(d, _)| views.remove(d)).collect();
         let ready_queues = self.destinations.len();
+        let connections_out = self
+            .destinations
+            .values()
+            .map(|d| d.stats.connections())
+            .sum();
         let mut ready: Vec<ReadyView> = self
             .destinations
             .iter()
@@ -465,6 +472,7 @@ impl QueueManager {
             bytes: self.stats.bytes,
             scheduled_queues,
             ready_queues,
+            connections_out,
             scheduled,
             ready,
             suspensions: self.suspensions.clone(),
