@@ -4,10 +4,12 @@
 --zone FILE is JSON: {"name.": [["MX", 10, "mx1.example.test."], ["A", "127.0.0.1"],
 ["AAAA", "::1"], ["SERVFAIL"]], ...}. A name listed with no records answers NOERROR/empty;
 an unlisted name answers NXDOMAIN; ["SERVFAIL"] answers SERVFAIL; ["TIMEOUT"] never answers.
+The zone file is read again whenever it changes, so a test can turn a failure into an answer.
 Runs until SIGTERM.
 """
 import argparse
 import json
+import os
 import signal
 import threading
 import time
@@ -17,10 +19,28 @@ from dnslib.server import BaseResolver, DNSServer
 
 
 class ZoneResolver(BaseResolver):
-    def __init__(self, zone):
-        self.zone = {k.lower(): v for k, v in zone.items()}
+    def __init__(self, path):
+        self.path = path
+        self.mtime = None
+        self.zone = {}
+        self.lock = threading.Lock()
+        self.reload()
+
+    def reload(self):
+        with self.lock:
+            mtime = os.stat(self.path).st_mtime_ns
+            if mtime == self.mtime:
+                return
+            with open(self.path) as f:
+                zone = json.load(f)
+            self.zone = {k.lower(): v for k, v in zone.items()}
+            self.mtime = mtime
 
     def resolve(self, request, handler):
+        try:
+            self.reload()
+        except (OSError, ValueError):
+            pass  # mid-rewrite: keep the zone we have
         reply = request.reply()
         qname = str(request.q.qname).lower()
         qtype = QTYPE[request.q.qtype]
@@ -52,7 +72,7 @@ def main():
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--zone", required=True)
     args = p.parse_args()
-    resolver = ZoneResolver(json.load(open(args.zone)))
+    resolver = ZoneResolver(args.zone)
     servers = [DNSServer(resolver, port=args.port, address="127.0.0.1"),
                DNSServer(resolver, port=args.port, address="127.0.0.1", tcp=True)]
     for s in servers:

@@ -16,6 +16,9 @@ use tokio::net::TcpStream;
 
 use crate::events::Response;
 
+/// How much message data one `data_block` timeout covers.
+const WRITE_CHUNK: usize = 64 * 1024;
+
 /// Per-phase timeouts (RFC 5321 §4.5.3.2), plus the TCP connect.
 #[derive(Debug, Clone, Copy)]
 pub struct Timeouts {
@@ -60,6 +63,21 @@ impl ClientError {
             },
             ClientError::Tls(e) => local(format!("TLS handshake failed: {e}")),
         }
+    }
+}
+
+/// Says why a server's bytes were not a reply, for people (events, bounces).
+fn reply_error(e: smtp_proto::Error) -> String {
+    match e {
+        smtp_proto::Error::ResponseTooLong => format!(
+            "reply longer than {} octets",
+            smtp_proto::response::parser::MAX_RESPONSE_LENGTH
+        ),
+        smtp_proto::Error::SyntaxError { syntax } => {
+            format!("not an SMTP reply ({})", syntax.to_ascii_lowercase())
+        }
+        smtp_proto::Error::InvalidResponse { code } => format!("invalid reply code {code}"),
+        other => format!("unparseable reply ({other:?})"),
     }
 }
 
@@ -224,10 +242,17 @@ impl Connection {
         let name = rustls_pki_types::ServerName::try_from(server_name.to_string())
             .unwrap_or_else(|_| rustls_pki_types::ServerName::IpAddress(self.peer.ip().into()));
         let connector = tokio_rustls::TlsConnector::from(config);
+        // A handshake that stalls is as broken as one that fails: both are `Tls`, so the
+        // caller falls back to plain text instead of retrying the same stall for ever.
         let stream =
             tokio::time::timeout(self.timeouts.phases.ehlo, connector.connect(name, self.io))
                 .await
-                .map_err(|_| ClientError::Timeout("TLS handshake"))?
+                .map_err(|_| {
+                    ClientError::Tls(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "timed out",
+                    ))
+                })?
                 .map_err(ClientError::Tls)?;
         Ok(Connection {
             io: Box::new(stream),
@@ -247,13 +272,21 @@ impl Connection {
         !self.broken
     }
 
+    /// Writes `bytes`, allowing `data_block` for each chunk of up to [`WRITE_CHUNK`] octets
+    /// (RFC 5321 §4.5.3.2.5: the timeout is per TCP send, not for the whole message, so a large
+    /// message to a slow but live receiver is not cut off).
     async fn write_all(&mut self, bytes: &[u8], stage: &'static str) -> Result<(), ClientError> {
         let timeout = self.timeouts.phases.data_block;
-        let r = tokio::time::timeout(timeout, async {
-            self.io.write_all(bytes).await?;
-            self.io.flush().await
-        })
-        .await;
+        let mut r = Ok(Ok(()));
+        for chunk in bytes.chunks(WRITE_CHUNK) {
+            r = tokio::time::timeout(timeout, self.io.write_all(chunk)).await;
+            if !matches!(r, Ok(Ok(()))) {
+                break;
+            }
+        }
+        if matches!(r, Ok(Ok(()))) {
+            r = tokio::time::timeout(timeout, self.io.flush()).await;
+        }
         match r {
             Ok(Ok(())) => Ok(()),
             Ok(Err(source)) => {
@@ -318,7 +351,7 @@ impl Connection {
                         self.broken = true;
                         return Err(ClientError::Protocol {
                             stage,
-                            detail: format!("unparseable reply ({e:?})"),
+                            detail: reply_error(e),
                         });
                     }
                 }
