@@ -9,20 +9,6 @@ use std::time::Duration;
 use common::*;
 use serde_json::Value;
 
-fn cli(keel: &Keel, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .arg("--config")
-        .arg(&keel.config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 fn set_max_connections(keel: &Keel, from: &str, to: &str) {
     let text = std::fs::read_to_string(&keel.config).unwrap();
     assert!(text.contains(from), "{text}");

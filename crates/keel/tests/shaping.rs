@@ -20,20 +20,6 @@ fn send(port: u16, rcpt: &str, subject: &str) {
     assert!(r.starts_with("250"), "{r}");
 }
 
-fn cli(keel: &Keel, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .arg("--config")
-        .arg(&keel.config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn connection_cap_is_never_exceeded() {
     let dir = tempfile::tempdir().unwrap();

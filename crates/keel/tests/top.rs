@@ -21,20 +21,6 @@ fn send(port: u16, rcpts: &[&str]) {
     assert!(r.starts_with("250"), "{r}");
 }
 
-fn cli(keel: &Keel, args: &[&str]) -> (bool, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
-        .args(args)
-        .arg("--config")
-        .arg(&keel.config)
-        .output()
-        .unwrap();
-    (
-        out.status.success(),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
-
 #[test]
 fn top_once_and_json_show_a_suspended_domain_with_its_mail() {
     let dir = tempfile::tempdir().unwrap();

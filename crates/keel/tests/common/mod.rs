@@ -553,3 +553,18 @@ impl SmtpClient {
         self.reply()
     }
 }
+
+/// Runs a `keel` subcommand against `keel` (its `--config`): (success, stdout, stderr).
+pub fn cli(keel: &Keel, args: &[&str]) -> (bool, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(args)
+        .arg("--config")
+        .arg(&keel.config)
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
