@@ -33,6 +33,9 @@ pub enum DkimCommand {
         /// directory. An existing file is never overwritten.
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Print `{"key_file", "dns_name", "dns_txt", "zone_record"}` instead of instructions.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -43,7 +46,8 @@ pub fn main(command: DkimCommand) -> ExitCode {
             selector,
             algorithm,
             out,
-        } => match keygen(&domain, &selector, &algorithm, out) {
+            json,
+        } => match keygen(&domain, &selector, &algorithm, out, json) {
             Ok(()) => ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("keel dkim keygen: {e:#}");
@@ -58,6 +62,7 @@ fn keygen(
     selector: &str,
     algorithm: &str,
     out: Option<PathBuf>,
+    json: bool,
 ) -> anyhow::Result<()> {
     let algorithm: Algorithm = algorithm.parse()?;
     let key = keel_dkim::keygen(algorithm, domain, selector)?;
@@ -67,7 +72,21 @@ fn keygen(
     let selector = keel_dkim::normalize_selector(selector).map_err(anyhow::Error::msg)?;
     let path = out.unwrap_or_else(|| PathBuf::from(format!("{domain}.{selector}.pem")));
     write_private(&path, key.pem.as_bytes())?;
-    print!("{}", instructions(&key, &domain, &selector, &path));
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "key_file": path.display().to_string(),
+                "domain": domain,
+                "selector": selector,
+                "dns_name": key.dns_name,
+                "dns_txt": key.dns_txt,
+                "zone_record": key.zone_record(),
+            })
+        );
+    } else {
+        print!("{}", instructions(&key, &domain, &selector, &path));
+    }
     Ok(())
 }
 

@@ -43,9 +43,16 @@ enum Command {
     CheckConfig {
         /// The TOML file to check.
         path: PathBuf,
+        /// Print `{"ok": bool, "errors": [{file, line, column, key, message}]}`.
+        #[arg(long)]
+        json: bool,
     },
     /// Read a password on standard input and print its argon2id hash for [[smtp.user]].
-    Passwd,
+    Passwd {
+        /// Print `{"password_hash": "..."}`.
+        #[arg(long)]
+        json: bool,
+    },
     /// DKIM signing keys: `keel dkim keygen --domain D --selector S`.
     Dkim {
         #[command(subcommand)]
@@ -108,7 +115,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Command::Serve { config } => serve::main(config),
-        Command::Passwd => passwd::main(),
+        Command::Passwd { json } => passwd::main(json),
         Command::Dkim { command } => dkim_cli::main(command),
         Command::Queue { limit, api } => cli::queue(api, limit),
         Command::Suspend {
@@ -127,10 +134,28 @@ fn main() -> ExitCode {
         } => cli::bounce(api, target, dry_run, reason),
         Command::Logs(args) => logs_cli::main(args),
         Command::Top(args) => top::main(args),
-        Command::CheckConfig { path } => match keel_config::Config::load(&path) {
+        Command::CheckConfig { path, json } => match keel_config::Config::load(&path) {
+            Ok(_) if json => {
+                println!("{}", serde_json::json!({ "ok": true, "errors": [] }));
+                ExitCode::SUCCESS
+            }
             Ok(_) => {
                 println!("{}: ok", path.display());
                 ExitCode::SUCCESS
+            }
+            Err(errors) if json => {
+                let list: Vec<serde_json::Value> = errors
+                    .0
+                    .iter()
+                    .map(|e| {
+                        serde_json::json!({
+                            "file": e.file, "line": e.line, "column": e.column,
+                            "key": e.key, "message": e.message,
+                        })
+                    })
+                    .collect();
+                println!("{}", serde_json::json!({ "ok": false, "errors": list }));
+                ExitCode::from(1)
             }
             Err(errors) => {
                 eprintln!("{errors}");

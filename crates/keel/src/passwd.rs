@@ -14,7 +14,7 @@ use argon2::Argon2;
 use argon2::password_hash::PasswordHasher as _;
 
 /// Runs `keel passwd`.
-pub fn main() -> ExitCode {
+pub fn main(json: bool) -> ExitCode {
     let stdin = std::io::stdin();
     if stdin.is_terminal() {
         eprint!("Password: ");
@@ -31,6 +31,10 @@ pub fn main() -> ExitCode {
         return ExitCode::FAILURE;
     }
     match hash(password) {
+        Ok(phc) if json => {
+            println!("{}", serde_json::json!({ "password_hash": phc }));
+            ExitCode::SUCCESS
+        }
         Ok(phc) => {
             println!("{phc}");
             ExitCode::SUCCESS

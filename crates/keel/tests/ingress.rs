@@ -126,6 +126,24 @@ fn check_config_names_file_line_and_key() {
     assert!(err.contains("bad.toml:4:"), "{err}");
     assert!(err.contains("bogus"), "{err}");
 
+    // The same for scripts.
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["check-config", "--json"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["ok"], false);
+    let lines: Vec<u64> = v["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["line"].as_u64().unwrap())
+        .collect();
+    assert!(lines.contains(&3) && lines.contains(&4), "{v}");
+    assert_eq!(v["errors"][0]["file"], path.display().to_string());
+
     let good = dir.path().join("good.toml");
     std::fs::write(&good, "[smtp]\nlisten = \"127.0.0.1:2525\"\n").unwrap();
     let out = Command::new(env!("CARGO_BIN_EXE_keel"))
@@ -182,4 +200,55 @@ fn sigterm_stops_cleanly_and_restart_resumes_the_queue() {
     let sink = PySink::start_on(dir.path(), port, &[]);
     keel.launch();
     assert_eq!(sink.wait_count(20, Duration::from_secs(30)).len(), 20);
+}
+
+#[test]
+fn passwd_and_keygen_speak_json() {
+    use std::io::Write;
+    let mut child = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args(["passwd", "--json"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"a long enough password\n")
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(
+        v["password_hash"]
+            .as_str()
+            .unwrap()
+            .starts_with("$argon2id$")
+    );
+
+    let dir = tempfile::tempdir().unwrap();
+    let key = dir.path().join("k.pem");
+    let out = Command::new(env!("CARGO_BIN_EXE_keel"))
+        .args([
+            "dkim",
+            "keygen",
+            "--domain",
+            "Example.TEST",
+            "--selector",
+            "s1",
+        ])
+        .args(["--algorithm", "ed25519", "--json", "--out"])
+        .arg(&key)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["dns_name"], "s1._domainkey.example.test");
+    assert!(v["dns_txt"].as_str().unwrap().contains("k=ed25519"));
+    assert!(key.exists());
 }
