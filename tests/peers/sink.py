@@ -124,16 +124,28 @@ def main():
                 transport.close()
                 return
             self._refused = False
+            self._counted = True
             conns["now"] += 1
             conns["max"] = max(conns["max"], conns["now"])
             write_stats()
             super().connection_made(transport)
 
+        def _uncount(self):
+            # A client that said QUIT is done with us: the TCP close that follows may be seen
+            # after its successor's connect, which is not two sessions at once.
+            if getattr(self, "_counted", False):
+                self._counted = False
+                conns["now"] -= 1
+                write_stats()
+
+        async def smtp_QUIT(self, arg):
+            self._uncount()
+            await super().smtp_QUIT(arg)
+
         def connection_lost(self, exc):
             if getattr(self, "_refused", False):
                 return
-            conns["now"] -= 1
-            write_stats()
+            self._uncount()
             super().connection_lost(exc)
 
     class Ctl(Controller):

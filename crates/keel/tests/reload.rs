@@ -38,7 +38,16 @@ fn reload_changes_shaping_under_load_and_loses_nothing() {
         let v: Value = serde_json::from_str(&std::fs::read_to_string(p).unwrap()).unwrap();
         v["max_connections"].as_u64().unwrap()
     };
-    assert_eq!(peak(&stats), 1, "one connection before the reload");
+    // The sink counts sessions until QUIT or close; a connection torn down without QUIT may
+    // overlap its successor by a moment, hence "at most 2" and "at least 3" below.
+    assert!(peak(&stats) <= 2, "one connection before the reload");
+    let limit_in_force = |keel: &Keel| -> u64 {
+        let (ok, out, _) = cli(keel, &["queue", "--json"]);
+        assert!(ok);
+        let q: Value = serde_json::from_str(&out).unwrap();
+        q["ready"][0]["max_connections"].as_u64().unwrap_or(0)
+    };
+    assert_eq!(limit_in_force(&keel), 1);
 
     set_max_connections(&keel, "max_connections = 1\n", "max_connections = 4\n");
     let (ok, out, err) = cli(&keel, &["reload"]);
@@ -47,8 +56,9 @@ fn reload_changes_shaping_under_load_and_loses_nothing() {
 
     assert!(load.join().unwrap().success());
     assert_eq!(sink.wait_count(60, Duration::from_secs(60)).len(), 60);
-    assert!(peak(&stats) >= 2, "the new limit was not applied");
+    assert!(peak(&stats) >= 3, "the new limit was not applied");
     assert!(peak(&stats) <= 4);
+    assert_eq!(limit_in_force(&keel), 4);
     assert_eq!(
         keel.wait_events("Delivery", 60, Duration::from_secs(30))
             .len(),
